@@ -1,0 +1,247 @@
+"""Read any RepVGG checkpoint (official, timm, mmpretrain, repseg; train-time or fused)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Union
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+
+from ..models.arch import ARCH_SETTINGS
+from ..models.block import RepVGGBlock
+from ..models.fusion import BatchNormStats, fold_batch_norm, identity_kernel, sum_branches
+from .layouts import CLASSIFIER, LAYOUTS, KeyLayout
+
+# All three public implementations build their BNs with PyTorch's default eps.
+BN_EPS = 1e-5
+WRAPPER_KEYS = ('state_dict', 'model')
+OPTIONAL_SUFFIX = 'num_batches_tracked'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class CheckpointMismatchError(CheckpointError, KeyError):
+    """Checkpoint keys that do not match the model's (missing, unexpected, wrong shape)."""
+
+    def __str__(self):  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` found and did."""
+
+    layout: str
+    fused_checkpoint: bool
+    fused_on_load: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kind = 'fused (deploy)' if self.fused_checkpoint else 'train-time'
+        text = f'{self.layout} layout, {kind} weights'
+        if self.fused_on_load:
+            text += f'; fused {len(self.fused_on_load)} train-time blocks on load'
+        if self.dropped:
+            text += f'; dropped {len(self.dropped)} classifier tensors'
+        return text
+
+
+def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str]:
+    """Load a checkpoint file (``weights_only=True``) or take a dict; unwrap containers
+    (``state_dict`` / ``model``) and strip DDP ``module.`` prefixes.
+
+    Returns the flat state dict and a name for messages.
+    """
+    if isinstance(source, Mapping):
+        obj, name = source, 'the given state dict'
+    else:
+        path = Path(source)
+        name = f"'{path}'"
+        if not path.is_file():
+            raise FileNotFoundError(f'checkpoint file not found: {path}')
+        try:
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as error:
+            raise CheckpointError(
+                f'could not read checkpoint {name}: {type(error).__name__}: {error}. '
+                'The file may be truncated (interrupted download?) or not a PyTorch '
+                'checkpoint.') from error
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f'{name} holds no state dict of tensors '
+                              f'(found {type(obj).__name__})')
+    state = {}
+    for key, value in obj.items():
+        while key.startswith('module.'):
+            key = key[len('module.'):]
+        state[key] = value
+    return state, name
+
+
+def detect_layout(state: Mapping[str, torch.Tensor], name: str = 'checkpoint') -> KeyLayout:
+    """The layout under which most of ``state``'s keys are RepVGG keys."""
+    def fitting(layout):
+        return sum(layout.import_key(k) is not None for k in state if not k.startswith(CLASSIFIER))
+
+    best = max(LAYOUTS.values(), key=fitting)
+    if fitting(best) == 0:
+        sample = ', '.join(list(state)[:5])
+        raise CheckpointError(
+            f'unrecognised checkpoint layout in {name}: keys such as {sample} match none of '
+            f'the known RepVGG layouts ({", ".join(LAYOUTS)})')
+    return best
+
+
+def to_repseg_keys(state: Mapping[str, torch.Tensor], layout: KeyLayout):
+    """Rename ``state`` to repseg's keys; returns (renamed, keys that did not fit)."""
+    renamed, unknown = {}, []
+    for key, value in state.items():
+        new_key = layout.import_key(key)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            renamed[new_key] = value
+    return renamed, unknown
+
+
+def _bn_stats(state, prefix) -> BatchNormStats:
+    return BatchNormStats(state[f'{prefix}.running_mean'], state[f'{prefix}.running_var'],
+                          state[f'{prefix}.weight'], state[f'{prefix}.bias'], BN_EPS)
+
+
+def fuse_block_tensors(state: Mapping[str, torch.Tensor], prefix: str, block: RepVGGBlock):
+    """The fused kernel and bias of the train-time block ``prefix`` stored in ``state``."""
+    branches = [fold_batch_norm(state[f'{prefix}.{part}.conv.weight'],
+                                _bn_stats(state, f'{prefix}.{part}.bn'))
+                for part in ('conv3x3', 'conv1x1')]
+    if f'{prefix}.identity.weight' in state:
+        kernel = identity_kernel(block.in_channels, block.groups,
+                                 dtype=state[f'{prefix}.identity.weight'].dtype)
+        branches.append(fold_batch_norm(kernel, _bn_stats(state, f'{prefix}.identity')))
+    return sum_branches(branches)
+
+
+def _block_prefixes(keys, marker: str) -> set[str]:
+    return {k[:-len(marker)] for k in keys if k.endswith(marker)}
+
+
+def _reconcile_fusion(state: dict, model: nn.Module, name: str, report: LoadReport) -> dict:
+    """Fuse train-time blocks of ``state`` where ``model`` has fused blocks."""
+    model_keys = model.state_dict().keys()
+    model_fused = _block_prefixes(model_keys, '.fused.weight')
+    model_train = _block_prefixes(model_keys, '.conv3x3.conv.weight')
+    ckpt_fused = _block_prefixes(state, '.fused.weight')
+    ckpt_train = _block_prefixes(state, '.conv3x3.conv.weight')
+    report.fused_checkpoint = bool(ckpt_fused) and not ckpt_train
+    if model_train & ckpt_fused:
+        raise CheckpointError(
+            f'{name} holds fused (deploy) weights ({report.layout} layout) but the model has '
+            'train-time branches; build the model with deploy=True '
+            "(e.g. repseg.create_model('B2', deploy=True), or backbone.deploy=True in a config)")
+    for prefix in sorted(model_fused & ckpt_train):
+        try:
+            kernel, bias = fuse_block_tensors(state, prefix, model.get_submodule(prefix))
+        except KeyError as missing:
+            raise CheckpointMismatchError(
+                f'{name}: block {prefix} lacks {missing} needed to fuse it') from None
+        for key in [k for k in state if k.startswith(prefix + '.')
+                    and not k.startswith(prefix + '.se.')]:
+            del state[key]
+        state[f'{prefix}.fused.weight'], state[f'{prefix}.fused.bias'] = kernel, bias
+        report.fused_on_load.append(prefix)
+    return state
+
+
+def guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The arch whose stage depths and widths match a repseg-keyed state dict, if any."""
+    blocks = [len({k.split('.')[2] for k in state if k.startswith(f'stages.{i}.')})
+              for i in range(4)]
+    widths = []
+    for i, count in enumerate(blocks):
+        weights = [v for k, v in state.items() if k.startswith(f'stages.{i}.{count - 1}.')
+                   and k.endswith('weight') and v.ndim == 4 and v.shape[-1] == 3]
+        widths.append(weights[0].shape[0] if weights else None)
+    layer2 = next((v for k, v in state.items() if k.startswith('stages.0.1.')
+                   and v.ndim == 4 and v.shape[-1] == 3), None)
+    for arch, spec in ARCH_SETTINGS.items():
+        groups_ok = layer2 is None or layer2.shape[1] * spec.groups_of_layer(2) == spec.stage_channels[0]
+        if tuple(blocks) == spec.num_blocks and tuple(widths) == spec.stage_channels and groups_ok:
+            return arch
+    return None
+
+
+def _mismatch_message(name, report, arch_hint) -> str:
+    lines = [f'{name} ({report.layout} layout) does not match the model:']
+    for title, keys in (('missing in checkpoint', report.missing),
+                        ('unexpected in checkpoint', report.unexpected),
+                        ('wrong shape', report.mismatched)):
+        if keys:
+            shown = ', '.join(keys[:12]) + (f', ... ({len(keys)} in all)' if len(keys) > 12 else '')
+            lines.append(f'  {title} ({len(keys)}): {shown}')
+    if arch_hint:
+        lines.append(f'  the checkpoint looks like RepVGG-{arch_hint}')
+    return '\n'.join(lines)
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping],
+                    strict: bool = True) -> LoadReport:
+    """Load RepVGG weights of any known layout into a repseg model.
+
+    Reads the official, timm, mmpretrain and repseg layouts, raw or wrapped
+    (``state_dict`` / ``model``), with or without DDP ``module.`` prefixes. Train-time
+    weights load into a fused (``deploy=True``) model by fusing them; fused weights for
+    a train-time model are refused. The classifier is dropped when the model has none.
+
+    Args:
+        model: a :class:`repseg.RepVGG` or the mmseg backbone (anything whose state
+            dict uses repseg's key names).
+        checkpoint: a file path or a state dict.
+        strict: raise :class:`CheckpointMismatchError` listing missing, unexpected and
+            wrong-shape keys; otherwise load what matches and report the rest.
+
+    Returns:
+        A :class:`LoadReport` (layout found, whether weights were fused, what was dropped).
+    """
+    raw, name = read_state_dict(checkpoint)
+    layout = detect_layout(raw, name)
+    state, unknown = to_repseg_keys(raw, layout)
+    report = LoadReport(layout=layout.name, fused_checkpoint=False, unexpected=unknown)
+    state = _reconcile_fusion(state, model, name, report)
+
+    target = model.state_dict()
+    if f'{CLASSIFIER}.weight' not in target:
+        report.dropped = [k for k in state if k.startswith(CLASSIFIER + '.')]
+        for key in report.dropped:
+            del state[key]
+    for key, value in target.items():
+        if key.endswith(OPTIONAL_SUFFIX) and key not in state:
+            state[key] = value
+    report.missing = [k for k in target if k not in state]
+    report.unexpected += [k for k in state if k not in target]
+    report.mismatched = [f'{k} (checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)})'
+                         for k, v in state.items() if k in target and v.shape != target[k].shape]
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise CheckpointMismatchError(_mismatch_message(name, report, guess_arch(state)))
+    loadable = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}
+    model.load_state_dict(loadable, strict=False)
+    print_log(f'loaded {name}: {report.summary()}', logger='current')
+    return report
+
+
+def export_state_dict(state: Mapping[str, torch.Tensor], layout: str) -> dict:
+    """Rename a repseg state dict to ``layout`` ('official', 'timm', 'mmpretrain', 'repseg')."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    return {LAYOUTS[layout].export_key(k): v for k, v in state.items()}

@@ -1,0 +1,1 @@
+"""mmsegmentation integration (registered on import)."""
