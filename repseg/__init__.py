@@ -18,8 +18,4 @@ __version__ = '0.1.0'
 __all__ = ['ARCH_SETTINGS', 'ArchSpec', 'RepVGG', 'RepVGGBlock', 'create_model',
            'load_checkpoint', 'reparameterize', '__version__']
 
-try:  # register the mmseg backbone and heads when mmsegmentation is installed
-    from . import mmseg  # noqa: E402,F401
-except ImportError as error:  # pragma: no cover - mmseg is a hard dependency of the package
-    if 'mmseg' not in str(error) and 'mmcv' not in str(error) and 'mmengine' not in str(error):
-        raise
+from . import mmseg  # noqa: E402,F401  (registers the backbone in mmseg)
