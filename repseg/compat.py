@@ -94,6 +94,15 @@ def allow_mmengine_checkpoint_globals() -> None:
     ])
 
 
+def require_mmcv() -> None:
+    """mmcv is an extra (lite or full, which clash); say how to get one if neither is there."""
+    if importlib.util.find_spec('mmcv') is None:
+        raise ImportError("repseg needs mmcv >= 2.0.0rc4, < 2.2.0: install "
+                          "\"pip install 'repseg[lite]'\" (pure Python, enough for PSPNet) or "
+                          "\"pip install 'repseg[full]'\" (compiled ops)")
+
+
 def apply() -> None:
+    require_mmcv()
     install_mmcv_ops_stand_in()
     allow_mmengine_checkpoint_globals()
