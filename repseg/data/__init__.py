@@ -1,0 +1,8 @@
+"""Cityscapes data: layout constants, preparation, checks and a toy city.
+
+Kept light on purpose: importing it pulls in neither mmseg nor torch, so the
+data tools run on a machine with only numpy, OpenCV and cityscapesscripts.
+"""
+from .cityscapes_layout import (CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE)
+
+__all__ = ['CLASSES', 'PALETTE', 'NUM_CLASSES', 'IGNORE_INDEX']
