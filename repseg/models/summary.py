@@ -1,0 +1,68 @@
+"""A per-arch check that fusion is exact: parameters and fused-vs-train output difference."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from .arch import ARCH_SETTINGS
+from .reparam import reparameterize
+from .repvgg import create_model
+
+
+@dataclass
+class ArchCheck:
+    arch: str
+    train_params: int
+    deploy_params: int
+    max_abs_diff: float
+    max_abs_output: float
+    seconds: float
+
+
+def randomize_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Give every BN non-trivial statistics and affine parameters, so fusion is tested."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in ((module.running_mean, -0.5, 0.5),
+                                      (module.running_var, 0.5, 2.0),
+                                      (module.weight, 0.5, 1.5), (module.bias, -0.5, 0.5)):
+                tensor.data.uniform_(low, high, generator=generator)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def check_arch(arch: str, size: int = 64, seed: int = 0) -> ArchCheck:
+    """Build ``arch``, fuse it, and compare outputs in eval mode (float32)."""
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    model = create_model(arch)
+    randomize_batch_norms(model, generator)
+    model.eval()
+    image = torch.randn(1, 3, size, size, generator=generator)
+    expected = model(image)
+    fused = reparameterize(model, inplace=True)
+    diff = (fused(image) - expected).abs().max().item()
+    return ArchCheck(arch, count_parameters(create_model(arch)), count_parameters(fused), diff,
+                     expected.abs().max().item(), time.perf_counter() - start)
+
+
+def check_archs(archs: Optional[Iterable[str]] = None, size: int = 64):
+    """Yield :class:`ArchCheck` for each arch (all of them by default)."""
+    for arch in archs or ARCH_SETTINGS:
+        yield check_arch(arch, size)
+
+
+def format_row(check: ArchCheck) -> str:
+    return (f'| {check.arch:<5} | {check.train_params:>12,} | {check.deploy_params:>12,} | '
+            f'{check.max_abs_diff:.2e} (of {check.max_abs_output:.2f}) | {check.seconds:5.1f} |')
+
+
+TABLE_HEADER = ('| arch  | train params | deploy params | fused vs train max abs diff | s |\n'
+                '|-------|-------------:|--------------:|-----------------------------|---|')
