@@ -132,6 +132,7 @@ class RepVGGBlock(nn.Module):
             return
         kernel, bias = self.fused_kernel_bias()
         fused = self._make_fused_conv().to(device=kernel.device, dtype=kernel.dtype)
+        fused.train(self.training)
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         del self.conv3x3, self.conv1x1, self.identity
