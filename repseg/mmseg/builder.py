@@ -1,0 +1,203 @@
+"""Configs and segmentors for repseg's tools: load a config, adapt it, build a model.
+
+``tools/train.py``, ``test.py``, ``infer.py`` and ``deploy.py`` share these, so a
+config override or a checkpoint behaves the same in every tool.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+from ..checkpoint import CheckpointError
+
+#: BN types that need a process group; on CPU or in one process they become plain BN.
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+#: Top-level keys mmengine's Runner reads although most configs leave them out, so
+#: ``--cfg-options randomness.seed=0`` or ``work_dir=...`` is not mistaken for a typo.
+RUNNER_KEYS = frozenset({
+    'auto_scale_lr', 'cfg', 'compile', 'custom_hooks', 'default_hooks', 'default_scope',
+    'env_cfg', 'experiment_name', 'launcher', 'load_from', 'log_level', 'log_processor',
+    'model', 'model_wrapper_cfg', 'optim_wrapper', 'param_scheduler', 'randomness',
+    'resume', 'test_cfg', 'test_dataloader', 'test_evaluator', 'train_cfg',
+    'train_dataloader', 'val_cfg', 'val_dataloader', 'val_evaluator', 'visualizer',
+    'work_dir',
+})
+
+MAX_MESSAGE = 2000  # characters of mmengine's key-mismatch report to show
+
+ConfigLike = Union[str, os.PathLike, Config]
+
+
+class ConfigKeyError(KeyError):
+    """A ``--cfg-options`` key that does not fit the config (likely a typo)."""
+
+    def __str__(self):  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+def _close_matches(word: str, choices, parent: str) -> str:
+    matches = difflib.get_close_matches(word, [str(c) for c in choices], n=3, cutoff=0.6)
+    prefix = parent + '.' if parent else ''
+    return (f"; did you mean {' or '.join(repr(prefix + m) for m in matches)}?"
+            if matches else '')
+
+
+def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> None:
+    """Refuse override keys whose parent path does not exist in ``cfg``.
+
+    A key may add a new leaf to an existing dict (``model.backbone.with_cp``), but every
+    part before the leaf must exist, list indices must be in range, and a new top-level
+    key must be one mmengine's Runner reads. Raises :class:`ConfigKeyError` naming the
+    key and the closest existing names.
+    """
+    for key in options:
+        parts = key.split('.')
+        node: Any = cfg.to_dict()
+        for depth, part in enumerate(parts):
+            here = '.'.join(parts[:depth + 1])
+            is_leaf = depth == len(parts) - 1
+            if isinstance(node, (list, tuple)):
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise ConfigKeyError(
+                        f"--cfg-options key {key!r}: {'.'.join(parts[:depth]) or 'the config'} "
+                        f'is a list of {len(node)} items, so {part!r} is no valid index')
+                node = node[int(part)]
+            elif isinstance(node, Mapping):
+                if part in node:
+                    node = node[part]
+                elif depth == 0 and part in RUNNER_KEYS:
+                    node = {}  # a Runner key the config leaves out: anything below is new
+                elif is_leaf and depth > 0:
+                    break  # a new leaf in an existing dict
+                else:
+                    what = 'top-level key' if depth == 0 else 'key'
+                    raise ConfigKeyError(
+                        f'--cfg-options key {key!r}: the config has no {what} {here!r}'
+                        + _close_matches(part, node.keys(), '.'.join(parts[:depth])))
+            else:
+                raise ConfigKeyError(
+                    f"--cfg-options key {key!r}: {'.'.join(parts[:depth])!r} is "
+                    f'{type(node).__name__} {node!r}, not a dict, so it has no {part!r}')
+
+
+def load_config(path: Union[str, os.PathLike], cfg_options: Optional[Mapping] = None) -> Config:
+    """Read a config file and apply ``--cfg-options`` overrides (checked for typos).
+
+    Args:
+        path: the config file.
+        cfg_options: ``{'model.backbone.arch': 'A0', ...}`` as parsed by mmengine's
+            ``DictAction``; see :func:`check_cfg_options` for what keys are accepted.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'config file not found: {path}')
+    cfg = Config.fromfile(str(path))
+    if cfg_options:
+        check_cfg_options(cfg, cfg_options)
+        cfg.merge_from_dict(dict(cfg_options))
+    return cfg
+
+
+def plain_bn(obj: Any) -> Any:
+    """A copy of a nested config (dicts, lists) with every SyncBN ``norm_cfg`` as BN."""
+    if isinstance(obj, Mapping):
+        out = {k: plain_bn(v) for k, v in obj.items()}
+        norm = out.get('norm_cfg')
+        if isinstance(norm, Mapping) and norm.get('type') in SYNC_BN_TYPES:
+            out['norm_cfg'] = {**norm, 'type': 'BN'}
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_bn(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def use_plain_bn(cfg: Config) -> Config:
+    """Replace every SyncBN ``norm_cfg`` in ``cfg.model`` by BN (in place; returns cfg).
+
+    SyncBN needs a CUDA process group; a CPU or single-process run needs plain BN. The
+    state dict keys are the same, so checkpoints move freely between the two.
+    """
+    cfg.model = plain_bn(cfg.model)
+    return cfg
+
+
+def _default_dataset_meta() -> dict:
+    from mmseg.datasets import CityscapesDataset
+
+    return dict(classes=CityscapesDataset.METAINFO['classes'],
+                palette=CityscapesDataset.METAINFO['palette'])
+
+
+def _dataset_meta_of(checkpoint: Mapping) -> Optional[dict]:
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return None
+    if meta.get('dataset_meta'):
+        return dict(meta['dataset_meta'])
+    if meta.get('CLASSES'):  # mmseg 0.x checkpoints
+        return dict(classes=meta['CLASSES'], palette=meta.get('PALETTE'))
+    return None
+
+
+def _fused_mismatch_hint(model: nn.Module, message: str) -> str:
+    has_branches = any(name.endswith('.conv3x3.conv.weight')
+                       for name, _ in model.named_parameters())
+    if has_branches and '.fused.' in message:
+        return ('\nThe checkpoint holds fused (re-parameterized) RepVGG weights but the config '
+                'builds train-time branches: use the *_deploy.py config written next to the '
+                'checkpoint by tools/deploy.py (or set model.backbone.deploy=True).')
+    return ''
+
+
+def build_segmentor(cfg: ConfigLike, checkpoint: Optional[Union[str, os.PathLike]] = None,
+                    device: str = 'cpu') -> nn.Module:
+    """Build an mmseg segmentor from a config, optionally load a checkpoint, set eval mode.
+
+    The model is built with plain BN (:func:`use_plain_bn`, on a copy: ``cfg`` itself is
+    not changed), since inference runs in one process. No backbone ``Pretrained`` init is
+    run: weights come from ``checkpoint`` (a whole-segmentor file as written by mmengine's
+    Runner or ``tools/deploy.py``, loaded strictly) or stay at their random init.
+
+    Args:
+        cfg: a config path or a loaded :class:`mmengine.config.Config`.
+        checkpoint: whole-segmentor checkpoint file, or None.
+        device: where to put the model (``'cpu'``, ``'cuda:0'``, ...).
+
+    Returns:
+        The segmentor in eval mode, with ``model.cfg`` (the config) and
+        ``model.dataset_meta`` (the checkpoint's, else Cityscapes classes and palette).
+    """
+    if not isinstance(cfg, Config):
+        cfg = load_config(cfg)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
+    register_all_modules(init_default_scope=True)
+    model_cfg = plain_bn(cfg.model)
+    model_cfg.pop('pretrained', None)
+    model = MODELS.build(model_cfg)
+    dataset_meta = None
+    if checkpoint is not None:
+        try:
+            loaded = mmengine_load_checkpoint(model, str(checkpoint), map_location='cpu',
+                                              strict=True)
+        except RuntimeError as error:
+            message = str(error)
+            shown = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + ' ...'
+            raise CheckpointError(f'checkpoint {checkpoint} does not fit the model built from '
+                                  f'the config:\n{shown}'
+                                  + _fused_mismatch_hint(model, message)) from None
+        dataset_meta = _dataset_meta_of(loaded)
+        print_log(f'loaded segmentor checkpoint {checkpoint}', logger='current')
+    model.cfg = cfg
+    model.dataset_meta = dataset_meta or _default_dataset_meta()
+    return model.to(device).eval()
