@@ -53,7 +53,7 @@ def pad_to_size(kernel: torch.Tensor, size: int) -> torch.Tensor:
     pad = (size - kernel.shape[-1]) // 2
     if pad < 0 or (size - kernel.shape[-1]) % 2:
         raise ValueError(f"cannot centre a {kernel.shape[-1]}x{kernel.shape[-1]} kernel in {size}x{size}")
-    return F.pad(kernel, [pad] * 4)
+    return F.pad(kernel, [pad] * 4) if pad else kernel
 
 
 def sum_branches(branches: Iterable[tuple[torch.Tensor, torch.Tensor]],
