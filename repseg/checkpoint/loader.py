@@ -166,8 +166,8 @@ def _reconcile_fusion(state: dict, model: nn.Module, name: str, report: LoadRepo
 
 def guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
     """The arch whose stage depths and widths match a repseg-keyed state dict, if any."""
-    blocks = [len({k.split('.')[2] for k in state if k.startswith(f'stages.{i}.')})
-              for i in range(4)]
+    blocks = [len({k.split('.')[2] for k in state if k.startswith(f'stages.{i}.')
+                   and not k.endswith(OPTIONAL_SUFFIX)}) for i in range(4)]
     widths = []
     for i, count in enumerate(blocks):
         weights = [v for k, v in state.items() if k.startswith(f'stages.{i}.{count - 1}.')
