@@ -1,0 +1,78 @@
+"""Convert a RepVGG checkpoint between layouts, optionally fusing it (``tools/convert.py``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from ..models.arch import canonical_arch_name
+from ..models.reparam import reparameterize
+from ..models.repvgg import create_model
+from .layouts import CLASSIFIER, LAYOUTS
+from .loader import (detect_layout, export_state_dict, load_checkpoint, read_state_dict,
+                     to_repseg_keys)
+
+PathLike = Union[str, os.PathLike]
+
+
+def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'official',
+                       deploy: bool = False) -> dict:
+    """Read ``src`` in any known layout, check it against ``arch`` and write ``dst``.
+
+    The checkpoint is loaded (strictly) into ``create_model(arch)`` with the number of
+    classes of its classifier (0 if it has none) and fused blocks if it holds fused
+    weights, so a file that does not fit the arch is refused before anything is
+    written. ``dst`` is written atomically: a crash leaves any old ``dst`` intact.
+
+    Args:
+        src: checkpoint file (raw, ``state_dict`` / ``model`` container, DDP prefixes).
+        dst: output file; its folder must exist.
+        arch: RepVGG arch, e.g. ``'B2'`` or ``'RepVGG-B2'``.
+        to: output layout, one of ``'official'``, ``'timm'``, ``'mmpretrain'``, ``'repseg'``.
+        deploy: fuse train-time blocks (the output of a fused input is always fused).
+
+    Returns:
+        A summary: ``arch``, ``layout_in``, ``fused_in``, ``num_classes``, ``layout_out``,
+        ``fused_out``, ``tensors`` and ``dst``.
+
+    Raises:
+        ValueError: unknown ``arch`` or ``to``.
+        FileNotFoundError: missing ``src`` or output folder.
+        repseg.checkpoint.CheckpointError: unreadable checkpoint, or one that does not
+            fit ``arch``.
+    """
+    arch = canonical_arch_name(arch)
+    if to not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {to!r}; choose from {', '.join(LAYOUTS)}")
+    dst = Path(dst)
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f'output folder not found: {dst.parent}')
+    raw, name = read_state_dict(src)
+    state, _ = to_repseg_keys(raw, detect_layout(raw, name))
+    classifier = state.get(f'{CLASSIFIER}.weight')
+    num_classes = 0 if classifier is None else classifier.shape[0]
+    has_fused_blocks = any(key.endswith('.fused.weight') for key in state)
+
+    model = create_model(arch, num_classes=num_classes, deploy=has_fused_blocks)
+    report = load_checkpoint(model, src)  # reads src again: its messages name the file
+    if deploy:
+        reparameterize(model, inplace=True)
+    out = export_state_dict(model.state_dict(), to)
+    _save_atomically(out, dst)
+    return {'arch': arch, 'layout_in': report.layout,
+            'fused_in': report.fused_checkpoint, 'num_classes': num_classes,
+            'layout_out': to, 'fused_out': deploy or has_fused_blocks,
+            'tensors': len(out), 'dst': str(dst)}
+
+
+def _save_atomically(state: dict, dst: Path) -> None:
+    """``torch.save`` to ``dst.tmp`` in the same folder, then rename over ``dst``."""
+    tmp = dst.with_name(dst.name + '.tmp')
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,80 @@
+"""Shared test helpers. ``repseg`` is imported first: it supplies the ``mmcv.ops``
+stand-ins that mmseg and mmpretrain need on mmcv-lite."""
+import repseg  # noqa: F401
+import pytest
+import torch
+import torch.nn as nn
+
+
+def _randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN of ``model`` random running stats and affine params (seeded).
+
+    Freshly built BNs are the identity in eval mode, which would hide fusion errors.
+    Variances and gammas stay near 1 so a deep network neither explodes nor collapses.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for tensor, low, high in ((module.running_mean, -0.2, 0.2),
+                                          (module.running_var, 0.5, 1.5),
+                                          (module.weight, 0.5, 1.0),
+                                          (module.bias, -0.2, 0.2)):
+                    rand = torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
+                    tensor.copy_(low + (high - low) * rand)
+    return model
+
+
+def _randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Re-draw every conv and linear with PyTorch's default init, then randomize BNs.
+
+    timm and mmpretrain initialise with larger weights than PyTorch's default, which
+    makes logits of deep random networks reach ~100 and float32 comparisons meaningless.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.reset_parameters()
+    return _randomize_batch_norms(model, seed)
+
+
+def _nan_model(arch: str, **kwargs) -> nn.Module:
+    """``repseg.create_model(arch, **kwargs)`` with every float tensor NaN, in eval mode."""
+    with torch.device('meta'):
+        model = repseg.create_model(arch, **kwargs)
+    model = model.to_empty(device='cpu')
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(float('nan'))
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def single_thread():
+    """Run a module's torch ops on one thread. The tests use tiny inputs, where a second
+    OpenMP thread gains little and, on a shared 2-core machine, spin-waits badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='session')
+def randomize_bn():
+    """``randomize_bn(model, seed=0)``: random BN statistics and affine params."""
+    return _randomize_batch_norms
+
+
+@pytest.fixture(scope='session')
+def nan_model():
+    """``nan_model(arch, **kwargs)``: a repseg model to load checkpoints into. It skips
+    the (slow) init, and any tensor a load misses shows up as NaN in the output."""
+    return _nan_model
+
+
+@pytest.fixture(scope='session')
+def randomize_weights():
+    """``randomize_weights(model, seed=0)``: default-init convs/linears, random BNs."""
+    return _randomize_weights
