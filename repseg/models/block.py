@@ -94,10 +94,10 @@ class RepVGGBlock(nn.Module):
     def is_fused(self) -> bool:
         return hasattr(self, 'fused')
 
-    def _make_fused_conv(self) -> nn.Conv2d:
+    def _make_fused_conv(self, **factory) -> nn.Conv2d:
         return nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride,
                          padding=self.dilation, dilation=self.dilation, groups=self.groups,
-                         bias=True)
+                         bias=True, **factory)
 
     def _branches(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_fused:
@@ -131,9 +131,10 @@ class RepVGGBlock(nn.Module):
         if self.is_fused:
             return
         kernel, bias = self.fused_kernel_bias()
-        fused = self._make_fused_conv().to(device=kernel.device, dtype=kernel.dtype)
+        # Weights are overwritten at once: build on the meta device, skipping the init.
+        fused = self._make_fused_conv(device='meta', dtype=kernel.dtype)
+        fused.weight = nn.Parameter(kernel, requires_grad=self.conv3x3.conv.weight.requires_grad)
+        fused.bias = nn.Parameter(bias, requires_grad=self.conv3x3.conv.weight.requires_grad)
         fused.train(self.training)
-        fused.weight.copy_(kernel)
-        fused.bias.copy_(bias)
         del self.conv3x3, self.conv1x1, self.identity
         self.fused = fused
