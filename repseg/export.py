@@ -1,0 +1,226 @@
+"""Export a fused segmentor to ONNX and check it against PyTorch with onnxruntime.
+
+The exported graph is the whole inference path of one image batch:
+
+    image (N, 3, H, W) float32, pixel values 0-255 in the channel order the model's data
+    preprocessor expects from mmcv (BGR)  ->  channel swap and mean/std normalization
+    (copied from the model's ``SegDataPreProcessor``)  ->  fused backbone and decode head
+    ->  bilinear resize to H x W  ->  ``logits`` (N, classes, H, W) float32, or with
+    ``labels=True`` the arg-max ``labels`` (N, H, W), uint8 for up to 256 classes
+    (int64 otherwise).
+
+RepVGG blocks are fused first (exporting the three-branch model is a known pitfall:
+bigger and slower for the same function); a model built from a fused config is used as
+it is. PSP pyramid pooling is switched to the matmul form of
+:mod:`repseg.mmseg.fast_psp`, which is exact, and exports for any input size (the
+exporter maps ``adaptive_avg_pool2d`` only when the feature map divides by every bin).
+
+torch 2.14's ``torch.onnx.export`` defaults to the dynamo exporter, which needs the
+``onnxscript`` package; we call the TorchScript-based exporter (``dynamo=False``), which
+needs only ``onnx``. The reference for the check is mmseg's own predict path in
+'whole' mode (not the sliding window), since the graph sees the whole image.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import ConfigDict
+
+from .inference import prepare_for_inference
+
+DEFAULT_OPSET = 17
+#: Largest accepted ``max |onnxruntime - torch|`` on logits.
+LOGITS_ATOL = 1e-3
+#: Smallest accepted fraction of equal labels (arg-max ties may flip a few pixels).
+LABELS_MIN_AGREEMENT = 0.999
+
+PathLike = Union[str, os.PathLike]
+
+
+class OnnxVerificationError(RuntimeError):
+    """onnxruntime's output differs from PyTorch's by more than the tolerance."""
+
+
+class SegmentorForExport(nn.Module):
+    """A segmentor's inference path as one tensor function (see the module docstring)."""
+
+    def __init__(self, segmentor: nn.Module, labels: bool = False):
+        super().__init__()
+        self.segmentor = segmentor
+        self.labels = labels
+        pre = segmentor.data_preprocessor
+        self.swap_channels = bool(getattr(pre, 'channel_conversion', False))
+        self.normalize = bool(getattr(pre, '_enable_normalize', False))
+        if self.normalize:
+            self.register_buffer('mean', pre.mean.detach().clone().float().view(1, -1, 1, 1))
+            self.register_buffer('std', pre.std.detach().clone().float().view(1, -1, 1, 1))
+        self.align_corners = segmentor.decode_head.align_corners
+        self.label_dtype = torch.uint8 if segmentor.decode_head.out_channels <= 256 else torch.int64
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image
+        if self.swap_channels:
+            x = x[:, [2, 1, 0]]
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        logits = self.segmentor._forward(x)
+        logits = nn.functional.interpolate(logits, size=image.shape[2:], mode='bilinear',
+                                           align_corners=self.align_corners)
+        if self.labels:
+            return logits.argmax(dim=1).to(self.label_dtype)
+        return logits
+
+
+def prepare_for_export(model: nn.Module) -> nn.Module:
+    """A fused, float32, eval-mode copy of ``model`` with the exportable pyramid pooling."""
+    model = copy.deepcopy(model).float()
+    prepare_for_inference(model, fuse=True, fast_pooling=True)
+    model.test_cfg = ConfigDict(mode='whole')
+    return model
+
+
+def export_onnx(model: nn.Module, out: PathLike, shape: Sequence[int] = (512, 1024),
+                dynamic: bool = False, labels: bool = False,
+                opset: int = DEFAULT_OPSET, batch: int = 1) -> nn.Module:
+    """Export ``model`` (an mmseg segmentor, train-time or fused) to ``out`` and check it.
+
+    Args:
+        model: the segmentor; it is not changed (a fused copy is exported).
+        out: the ``.onnx`` file to write.
+        shape: ``(H, W)`` of the example input.
+        dynamic: make batch, height and width dynamic axes.
+        labels: output the label map instead of logits.
+        opset: ONNX opset (>= 17).
+        batch: batch size of the example input (the batch axis is fixed unless
+            ``dynamic``).
+
+    Returns:
+        The exported module (:class:`SegmentorForExport`), for comparisons.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f'opset must be >= 17, got {opset}')
+    if len(shape) != 2 or min(shape) < 8:
+        raise ValueError(f'shape must be (H, W) with H, W >= 8, got {tuple(shape)}')
+    wrapper = SegmentorForExport(prepare_for_export(model), labels=labels).eval()
+    device = next(wrapper.parameters()).device
+    example = torch.rand(batch, 3, *shape, device=device) * 255
+    output_name = 'labels' if labels else 'logits'
+    dynamic_axes = None
+    if dynamic:
+        spatial = {0: 'batch', 1: 'height', 2: 'width'} if labels else \
+            {0: 'batch', 2: 'height', 3: 'width'}
+        dynamic_axes = {'image': {0: 'batch', 2: 'height', 3: 'width'}, output_name: spatial}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
+                                category=DeprecationWarning)
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        torch.onnx.export(wrapper, (example,), str(out), dynamo=False, opset_version=opset,
+                          input_names=['image'], output_names=[output_name],
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    onnx.checker.check_model(str(out), full_check=True)
+    return wrapper
+
+
+def onnx_session(path: PathLike):
+    """An onnxruntime CPU inference session for ``path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
+def run_onnx(session, image: np.ndarray) -> np.ndarray:
+    """Run a session on one ``(N, 3, H, W)`` float32 batch; returns its only output."""
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.ascontiguousarray(image, dtype=np.float32)})[0]
+
+
+def load_image(path: PathLike, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    """An ``H x W x 3`` uint8 BGR image as mmcv reads it, resized to ``shape=(H, W)``."""
+    import mmcv
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'image not found: {path}')
+    image = mmcv.imread(str(path))
+    if image is None:
+        raise ValueError(f'cannot read image {path}')
+    if shape is not None:
+        image = mmcv.imresize(image, (int(shape[1]), int(shape[0])))
+    return image
+
+
+def synthetic_image(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """A deterministic ``H x W x 3`` uint8 test image: smooth gradients, blocks and noise.
+
+    Closer to a photo than white noise (large uniform regions and edges), so an arg-max
+    comparison is not dominated by near-ties.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.stack([255 * yy / max(h - 1, 1), 255 * xx / max(w - 1, 1),
+                      128 + 100 * np.sin(xx / 7.0) * np.cos(yy / 11.0)], axis=-1)
+    for _ in range(12):
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        image[y0:y0 + h // 4, x0:x0 + w // 6] = rng.integers(0, 256, size=3)
+    image += rng.normal(0, 8, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def image_batch(image: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8 -> the ``1 x 3 x H x W`` float32 input of the exported graph."""
+    return image.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+@torch.no_grad()
+def torch_reference(model: nn.Module, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(classes, H, W)`` and labels ``(H, W)`` from mmseg's predict path.
+
+    ``model`` should be the fused copy (:class:`SegmentorForExport`'s ``segmentor``),
+    with its test mode set to 'whole'.
+    """
+    inputs = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    data = model.data_preprocessor(dict(inputs=[inputs]), False)
+    sample = model.predict(data['inputs'])[0]
+    return (sample.seg_logits.data.float().cpu().numpy(),
+            sample.pred_sem_seg.data[0].cpu().numpy())
+
+
+@dataclass
+class OnnxCheck:
+    """Result of :func:`verify_onnx` for one image."""
+
+    shape: tuple[int, int]
+    max_abs_diff: Optional[float]  # logits mode
+    label_agreement: float         # fraction of pixels with the same label
+
+    @property
+    def passed(self) -> bool:
+        if self.max_abs_diff is not None:
+            return self.max_abs_diff < LOGITS_ATOL
+        return self.label_agreement >= LABELS_MIN_AGREEMENT
+
+
+def verify_onnx(path: PathLike, wrapper: SegmentorForExport, image: np.ndarray,
+                session=None) -> OnnxCheck:
+    """Compare onnxruntime's output on ``image`` with mmseg's predict path in PyTorch."""
+    session = session or onnx_session(path)
+    output = run_onnx(session, image_batch(image))[0]
+    logits, labels = torch_reference(wrapper.segmentor, image)
+    if wrapper.labels:
+        return OnnxCheck(tuple(image.shape[:2]), None,
+                         float((output.astype(np.int64) == labels).mean()))
+    return OnnxCheck(tuple(image.shape[:2]), float(np.abs(output - logits).max()),
+                     float((output.argmax(0) == labels).mean()))

@@ -1,0 +1,84 @@
+"""Helpers of the speed, export and inference tests: small random models, tool loading."""
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.config import ConfigDict
+
+from repseg.mmseg.builder import build_segmentor
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / 'tests' / 'configs' / 'pspnet_repvgg_a0_tiny.py'
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine parameters (fresh BNs are the identity in eval)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for tensor, low, high in ((module.running_mean, -0.2, 0.2),
+                                          (module.running_var, 0.5, 1.5),
+                                          (module.weight, 0.5, 1.0),
+                                          (module.bias, -0.2, 0.2)):
+                    tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=generator))
+    return model
+
+
+@torch.no_grad()
+def spread_predictions(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Re-draw the classifier (``conv_seg``) on standardized features of a sample batch.
+
+    A random network's features share a large positive mean (after ReLU), so a random
+    classifier predicts one class everywhere, which would make every label comparison
+    trivial. Centring and scaling the classifier on the features gives logits that vary
+    from pixel to pixel, with many classes predicted.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    captured = []
+    conv = model.decode_head.conv_seg
+    handle = conv.register_forward_hook(lambda module, args, out: captured.append(args[0]))
+    model._forward(torch.randn(2, 3, 64, 96, generator=generator))
+    handle.remove()
+    features = captured[0]
+    mean, std = features.mean(dim=(0, 2, 3)), features.std(dim=(0, 2, 3))
+    std = std.clamp_min(0.5 * std.mean())  # near-constant channels must not dominate
+    weight = torch.randn(conv.out_channels, conv.in_channels, generator=generator)
+    weight = 3 * weight / conv.in_channels ** 0.5 / std
+    conv.weight.copy_(weight[:, :, None, None])
+    conv.bias.copy_(-weight @ mean)
+    return model
+
+
+def tiny_segmentor(seed: int = 0) -> nn.Module:
+    """PSPNet on a dilated RepVGG-A0 with narrow heads: random, seeded, eval mode,
+    predicting varied classes (:func:`spread_predictions`)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_segmentor(TINY_CONFIG)
+    model.test_cfg = ConfigDict(mode='whole')
+    return spread_predictions(random_batch_norms(model, seed).eval(), seed)
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """Run a test on one torch thread, then restore the count.
+
+    On a shared 2-core machine, torch's OpenMP threads wait on each other whenever another
+    process takes a core; one thread was 3-7x faster there and times steadily.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Time segmentors (mmseg predict path, 'whole' mode) or classifiers; see docs/benchmarks.md.
+
+Examples:
+  tools/benchmark.py configs/pspnet_repvgg_b2.py --fp16 --channels-last \\
+      --compare configs/pspnet_r101_d8.py
+  tools/benchmark.py configs/pspnet_repvgg_b2.py --paper
+  tools/benchmark.py --cls B1g2 B2            # + torchvision resnet50/101/152
+  tools/benchmark.py configs/pspnet_repvgg_b1g2.py --shape 64 128 --iters 3 --device cpu
+  tools/benchmark.py --pooling 2560 --fp16 --channels-last   # PSP pooling op alone
+
+Random weights unless CHECKPOINT is given (it applies to CONFIG, not to --compare
+configs); SyncBN is built as BN. Timing covers forward, resize of the logits to the input
+size and arg-max, after --warmup untimed calls; TF32 is on for CUDA fp32 unless --paper.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
+import torch  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+
+from repseg.benchmark import (CLS_DEFAULTS, DEFAULT_SHAPE, PAPER_PROTOCOL,  # noqa: E402
+                              TORCHVISION_CLASSIFIERS, BenchmarkSettings,
+                              benchmark_classifiers, benchmark_pooling, benchmark_segmentors,
+                              describe_environment, format_table, records_to_json)
+from repseg.checkpoint import CheckpointError  # noqa: E402
+from repseg.mmseg.builder import ConfigKeyError  # noqa: E402
+
+
+class UsageError(Exception):
+    """A wrong combination of arguments."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', nargs='?', help='segmentor config (not with --cls)')
+    parser.add_argument('checkpoint', nargs='?', help='segmentor checkpoint (default: random)')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help=f'input size (default {DEFAULT_SHAPE[0]} {DEFAULT_SHAPE[1]}; '
+                             f"--cls: {CLS_DEFAULTS['shape'][0]} {CLS_DEFAULTS['shape'][1]})")
+    parser.add_argument('--batch', type=int,
+                        help=f"images per call (default 1; --cls: {CLS_DEFAULTS['batch']})")
+    parser.add_argument('--fp16', action='store_true', help='float16 weights and inputs')
+    parser.add_argument('--channels-last', action='store_true', help='NHWC memory format')
+    parser.add_argument('--no-fuse', action='store_true',
+                        help='time the train-time (three-branch) RepVGG model')
+    parser.add_argument('--with-train-time', action='store_true',
+                        help='also time the train-time model of every RepVGG config')
+    parser.add_argument('--warmup', type=int, default=5, help='untimed calls (default 5)')
+    parser.add_argument('--iters', type=int, default=30, help='timed calls (default 30)')
+    parser.add_argument('--compare', nargs='+', default=[], metavar='CONFIG',
+                        help='more configs timed in the same run; ratios are vs CONFIG')
+    parser.add_argument('--paper', action='store_true',
+                        help='paper protocol: batch 16, 713x713, fp32, TF32 off')
+    parser.add_argument('--json', metavar='OUT', help='write the records as JSON')
+    parser.add_argument('--device', choices=('cpu', 'cuda'),
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+                        help='onnxruntime: export the fused model and time it on CPU')
+    parser.add_argument('--cls', nargs='+', metavar='ARCH',
+                        help='classification mode: RepVGG archs (train-time and fused) and '
+                             f"torchvision {'/'.join(TORCHVISION_CLASSIFIERS)}; if no ResNet "
+                             'is named, all three are added')
+    parser.add_argument('--fast-pooling', choices=('auto', 'on', 'off'), default='auto',
+                        help='PSP pyramid pooling as matmuls (repseg.mmseg.fast_psp); '
+                             'auto: on with --fp16 or --channels-last')
+    parser.add_argument('--threads', type=int,
+                        help='CPU threads for torch (default: torch decides)')
+    parser.add_argument('--pooling', type=int, metavar='CHANNELS',
+                        help='time PSP pyramid pooling alone on a CHANNELS x H/8 x W/8 map: '
+                             'adaptive_avg_pool2d vs the matmul form (B2: 2560)')
+    parser.add_argument('--no-flops', action='store_true',
+                        help='skip FLOP counting (slow for big inputs on CPU)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help='config overrides, e.g. model.backbone.arch=A0')
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args) -> BenchmarkSettings:
+    defaults = CLS_DEFAULTS if args.cls else dict(batch=1, shape=DEFAULT_SHAPE)
+    batch = args.batch or defaults['batch']
+    shape = tuple(args.shape) if args.shape else defaults['shape']
+    fp16, channels_last, tf32 = args.fp16, args.channels_last, True
+    if args.paper:
+        if args.fp16 or args.channels_last or args.batch or args.shape:
+            raise UsageError('--paper fixes batch 16, 713x713, fp32 NCHW: '
+                             'drop --fp16/--channels-last/--batch/--shape')
+        batch, shape = PAPER_PROTOCOL['batch'], PAPER_PROTOCOL['shape']
+        fp16, channels_last, tf32 = False, False, PAPER_PROTOCOL['tf32']
+    if batch < 1 or min(shape) < 8:
+        raise UsageError(f'need --batch >= 1 and --shape >= 8 8, got {batch} and {shape}')
+    if args.iters < 1 or args.warmup < 0:
+        raise UsageError('need --iters >= 1 and --warmup >= 0')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise UsageError('--device cuda: CUDA is not available on this machine')
+    if args.backend == 'onnxruntime' and (args.device != 'cpu' or fp16 or channels_last):
+        raise UsageError('--backend onnxruntime times the fp32 export on CPU: use '
+                         '--device cpu without --fp16/--channels-last')
+    return BenchmarkSettings(shape=shape, batch=batch, fp16=fp16, channels_last=channels_last,
+                             warmup=args.warmup, iters=args.iters, device=args.device,
+                             tf32=tf32, backend=args.backend, count_flops=not args.no_flops,
+                             threads=args.threads,
+                             fast_pooling=dict(auto=None, on=True, off=False)[args.fast_pooling])
+
+
+def run(args):
+    settings = settings_from_args(args)
+    if args.pooling is not None:
+        if args.config or args.cls or args.compare:
+            raise UsageError('--pooling times the pooling op alone: no CONFIG, --cls or --compare')
+        if args.pooling < 1:
+            raise UsageError(f'--pooling needs a positive channel count, got {args.pooling}')
+        return benchmark_pooling(args.pooling, settings)
+    if args.cls:
+        if args.config or args.compare or args.checkpoint:
+            raise UsageError('--cls takes architectures, not configs or checkpoints')
+        names = list(args.cls)
+        if not any(n.lower() in TORCHVISION_CLASSIFIERS for n in names):
+            names += list(TORCHVISION_CLASSIFIERS)
+        return benchmark_classifiers(names, settings)
+    if not args.config:
+        raise UsageError('give a CONFIG (or --cls ARCH ...)')
+    for config in [args.config, *args.compare]:
+        if not Path(config).is_file():
+            raise UsageError(f'config file not found: {config}')
+    return benchmark_segmentors([args.config, *args.compare], settings, args.checkpoint,
+                                fuse=not args.no_fuse, with_train_time=args.with_train_time,
+                                cfg_options=args.cfg_options)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        records = run(args)
+    except (UsageError, FileNotFoundError, ValueError, ConfigKeyError, CheckpointError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        sys.exit(2)
+    print(describe_environment(records))
+    print(format_table(records))
+    if args.json:
+        records_to_json(records, args.json)
+        print(f'records written to {args.json}')
+
+
+if __name__ == '__main__':
+    main()
