@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 
-from .inference import prepare_for_inference
+from .inference import prepare_for_inference, remove_input_cast
 
 DEFAULT_OPSET = 17
 #: Largest accepted ``max |onnxruntime - torch|`` on logits.
@@ -80,8 +80,13 @@ class SegmentorForExport(nn.Module):
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
-    """A fused, float32, eval-mode copy of ``model`` with the exportable pyramid pooling."""
-    model = copy.deepcopy(model).float()
+    """A fused, float32, NCHW, eval-mode copy of ``model`` with the exportable pooling.
+
+    Undoes :func:`repseg.inference.prepare_for_inference`'s fp16/channels-last settings
+    if ``model`` had them.
+    """
+    model = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)
+    remove_input_cast(model)
     prepare_for_inference(model, fuse=True, fast_pooling=True)
     model.test_cfg = ConfigDict(mode='whole')
     return model

@@ -27,7 +27,7 @@ import torch.nn as nn
 from .mmseg.fast_psp import use_fast_pyramid_pooling
 from .models.reparam import reparameterize
 
-_HOOK_ATTR = '_repseg_input_cast_hook'
+_HOOK_MARK = '_repseg_input_cast'
 
 Image = Union[np.ndarray, torch.Tensor]
 
@@ -38,16 +38,21 @@ def _input_module(model: nn.Module) -> nn.Module:
     return backbone if isinstance(backbone, nn.Module) else model
 
 
+def remove_input_cast(model: nn.Module) -> None:
+    """Remove the input-casting hook of :func:`cast_inputs` (also from deep copies)."""
+    hooks = _input_module(model)._forward_pre_hooks
+    for key in [key for key, hook in hooks.items() if getattr(hook, _HOOK_MARK, False)]:
+        del hooks[key]
+
+
 def cast_inputs(model: nn.Module, dtype: torch.dtype,
                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
     """Cast the floating tensor entering ``model``'s backbone to ``dtype``/``memory_format``.
 
-    Installs (or replaces) one forward pre-hook on :func:`_input_module`; calling it again
-    with other settings replaces the previous hook.
+    Installs one forward pre-hook on the backbone (or on ``model`` if it has none),
+    replacing a previous one.
     """
-    old = getattr(model, _HOOK_ATTR, None)
-    if old is not None:
-        old.remove()
+    remove_input_cast(model)
 
     def hook(module, args):
         if args and torch.is_tensor(args[0]) and args[0].is_floating_point():
@@ -59,7 +64,8 @@ def cast_inputs(model: nn.Module, dtype: torch.dtype,
             return (x, *args[1:])
         return None
 
-    setattr(model, _HOOK_ATTR, _input_module(model).register_forward_pre_hook(hook))
+    setattr(hook, _HOOK_MARK, True)
+    _input_module(model).register_forward_pre_hook(hook)
 
 
 def _cast_parameters(model: nn.Module, dtype: Optional[torch.dtype],

@@ -1,10 +1,13 @@
 """ONNX export of the fused segmentor: onnxruntime matches mmseg's predict path."""
+import copy
+
 import onnx
 import pytest
 import torch
 
 from repseg.export import (export_onnx, image_batch, onnx_session, run_onnx, synthetic_image,
                            verify_onnx)
+from repseg.inference import prepare_for_inference
 from repseg.models.block import RepVGGBlock
 from tiny_models import (TINY_CONFIG, load_tool, one_cpu_thread,  # noqa: F401 (fixture)
                          tiny_segmentor)
@@ -47,6 +50,14 @@ def test_dynamic_labels_match_torch_argmax(segmentor, tmp_path):
     batch = image_batch(synthetic_image(SHAPE)).repeat(2, axis=0)
     labels = run_onnx(session, batch)
     assert labels.shape == (2, *SHAPE) and labels.dtype.name == 'uint8'
+
+
+def test_export_of_a_model_prepared_for_fp16(segmentor, tmp_path):
+    half = prepare_for_inference(copy.deepcopy(segmentor), fp16=True, channels_last=True)
+    path = tmp_path / 'from_half.onnx'
+    wrapper = export_onnx(half, path, SHAPE)
+    assert next(half.parameters()).dtype == torch.float16  # the model itself is unchanged
+    assert verify_onnx(path, wrapper, synthetic_image(SHAPE)).max_abs_diff < 1e-3
 
 
 def test_cli_round_trip_and_user_errors(tmp_path, capsys):
