@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch.nn as nn
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
 from mmseg.registry import MODELS
@@ -109,9 +109,13 @@ def load_config(path: Union[str, os.PathLike], cfg_options: Optional[Mapping] = 
 
 
 def plain_bn(obj: Any) -> Any:
-    """A copy of a nested config (dicts, lists) with every SyncBN ``norm_cfg`` as BN."""
+    """A copy of a nested config (dicts, lists) with every SyncBN ``norm_cfg`` as BN.
+
+    Dicts come back as ``ConfigDict`` so attribute access (``test_cfg.mode``, which
+    mmseg's inference uses) keeps working.
+    """
     if isinstance(obj, Mapping):
-        out = {k: plain_bn(v) for k, v in obj.items()}
+        out = ConfigDict({k: plain_bn(v) for k, v in obj.items()})
         norm = out.get('norm_cfg')
         if isinstance(norm, Mapping) and norm.get('type') in SYNC_BN_TYPES:
             out['norm_cfg'] = {**norm, 'type': 'BN'}
