@@ -5,24 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-
-def _randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BN of ``model`` random running stats and affine params (seeded).
-
-    Freshly built BNs are the identity in eval mode, which would hide fusion errors.
-    Variances and gammas stay near 1 so a deep network neither explodes nor collapses.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                for tensor, low, high in ((module.running_mean, -0.2, 0.2),
-                                          (module.running_var, 0.5, 1.5),
-                                          (module.weight, 0.5, 1.0),
-                                          (module.bias, -0.2, 0.2)):
-                    rand = torch.rand(tensor.shape, generator=gen, dtype=torch.float64)
-                    tensor.copy_(low + (high - low) * rand)
-    return model
+from repseg.models.summary import randomize_batch_norms as _randomize_batch_norms
 
 
 def _randomize_weights(model: nn.Module, seed: int = 0) -> nn.Module:

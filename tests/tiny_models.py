@@ -9,6 +9,7 @@ import torch.nn as nn
 from mmengine.config import ConfigDict
 
 from repseg.mmseg.builder import build_segmentor
+from repseg.models.summary import randomize_batch_norms as random_batch_norms  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / 'tests' / 'configs' / 'pspnet_repvgg_a0_tiny.py'
@@ -20,20 +21,6 @@ def load_tool(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def random_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine parameters (fresh BNs are the identity in eval)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                for tensor, low, high in ((module.running_mean, -0.2, 0.2),
-                                          (module.running_var, 0.5, 1.5),
-                                          (module.weight, 0.5, 1.0),
-                                          (module.bias, -0.2, 0.2)):
-                    tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=generator))
-    return model
 
 
 @torch.no_grad()
