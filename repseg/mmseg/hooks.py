@@ -1,0 +1,189 @@
+"""Runner add-ons for ``tools/train.py`` and ``tools/test.py``.
+
+* :class:`AtomicCheckpointHook`: mmengine's ``CheckpointHook`` writes checkpoints and the
+  ``last_checkpoint`` pointer in place, so a crash mid-write leaves a truncated "latest"
+  that ``--resume`` then fails on. Here every file is written to a temporary name in the
+  same folder and renamed over the target (``os.replace`` is atomic on POSIX), the new
+  checkpoint is complete before the pointer moves to it, and old checkpoints are removed
+  only after that.
+* :class:`CityscapesLabelIdsHook`: writes test predictions as Cityscapes ``*_labelIds.png``
+  for the official evaluation script (``csEvalPixelLevelSemanticLabeling``).
+* :class:`PerClassIoUMetric`: mmseg's ``IoUMetric`` that also keeps the per-class IoU and
+  accuracy it logs, so ``tools/test.py`` can write them to its metrics JSON.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from collections import deque
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook, Hook
+from mmseg.evaluation import IoUMetric
+from mmseg.registry import HOOKS, METRICS
+
+from ..data import cityscapes_layout as layout
+
+#: File backend name of :class:`AtomicLocalBackend` (``backend_args=dict(backend=...)``).
+ATOMIC_BACKEND = 'atomic_local'
+#: File in the work dir naming the latest checkpoint (mmengine's resume looks there).
+POINTER_FILE = 'last_checkpoint'
+
+
+def write_atomically(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old
+    file or the complete new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend with atomic ``put`` and ``put_text``."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        write_atomically(filepath, obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        write_atomically(filepath, obj.encode(encoding))
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """``CheckpointHook`` whose checkpoints and ``last_checkpoint`` pointer are written
+    atomically (see the module docstring). Takes the same arguments; without
+    ``backend_args`` (or ``file_client_args``) files go through :class:`AtomicLocalBackend`.
+    """
+
+    def __init__(self, *args, backend_args: Optional[dict] = None, **kwargs):
+        if backend_args is None and kwargs.get('file_client_args') is None:
+            backend_args = dict(backend=ATOMIC_BACKEND)
+        super().__init__(*args, backend_args=backend_args, **kwargs)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir, filename, self.file_client_args, save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+            backend_args=self.backend_args, **self.args)
+        if is_main_process():
+            write_atomically(osp.join(runner.work_dir, POINTER_FILE), self.last_ckpt.encode())
+        self._remove_old_checkpoints(runner, step)
+
+    def _remove_old_checkpoints(self, runner, step: int) -> None:
+        """Keep the newest ``max_keep_ckpts`` periodic checkpoints (after saving ``step``)."""
+        if self.max_keep_ckpts <= 0 or (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            return
+        steps = [*self.keep_ckpt_ids, step]
+        stale, kept = steps[:-self.max_keep_ckpts], steps[-self.max_keep_ckpts:]
+        self.keep_ckpt_ids = deque(kept, self.max_keep_ckpts)
+        runner.message_hub.update_info('keep_ckpt_ids', kept)
+        if not is_main_process():
+            return
+        for old in stale:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # checkpoints saved by DeepSpeed are folders
+                self.file_backend.rmtree(path)
+
+
+def train_id_to_label_id_lut() -> np.ndarray:
+    """A 256-entry uint8 table mapping trainIds 0-18 to Cityscapes labelIds (others to 0,
+    'unlabeled'), from cityscapesscripts' official label table."""
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    lut = np.zeros(256, np.uint8)
+    for train_id in range(layout.NUM_CLASSES):
+        lut[train_id] = trainId2label[train_id].id
+    return lut
+
+
+def labelids_name(img_path: str) -> str:
+    """``frankfurt_000000_000294_leftImg8bit.png`` -> ``frankfurt_000000_000294_labelIds.png``
+    (the name cityscapesscripts' evaluation matches by ``<city>_<seq>_<frame>``)."""
+    name = osp.basename(img_path)
+    if name.endswith(layout.IMG_SUFFIX):
+        stem = name[:-len(layout.IMG_SUFFIX)]
+    else:
+        stem = osp.splitext(name)[0]
+    return f'{stem}_labelIds.png'
+
+
+@HOOKS.register_module()
+class CityscapesLabelIdsHook(Hook):
+    """Write every test prediction to ``out_dir`` as a Cityscapes ``*_labelIds.png``.
+
+    Predictions are trainIds (0-18); the official evaluation reads labelIds, so each is
+    mapped through :func:`train_id_to_label_id_lut`. Each rank writes its own images.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.lut = train_id_to_label_id_lut()
+        self.written = 0
+
+    def before_test(self, runner) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.written = 0
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None,
+                        outputs: Optional[Sequence] = None) -> None:
+        for sample in outputs or ():
+            labels = sample.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
+            path = osp.join(self.out_dir, labelids_name(sample.img_path))
+            if not cv2.imwrite(path, self.lut[labels]):
+                raise OSError(f'could not write {path}')
+            self.written += 1
+
+    def after_test(self, runner) -> None:
+        runner.logger.info(f'wrote {self.written} Cityscapes *_labelIds.png predictions to '
+                           f'{self.out_dir} (evaluate with cityscapesscripts\' '
+                           'csEvalPixelLevelSemanticLabeling)')
+
+
+@METRICS.register_module()
+class PerClassIoUMetric(IoUMetric):
+    """``IoUMetric`` that keeps its per-class table in :attr:`per_class` after evaluation:
+    ``{class name: {'IoU': %, 'Acc': %, ...}}``, None where a class is absent (NaN)."""
+
+    per_class: dict = {}
+
+    def compute_metrics(self, results: list) -> dict:
+        summary = super().compute_metrics(results)
+        if not results:
+            return summary
+        totals = [sum(column) for column in zip(*results)]
+        values = self.total_area_to_metrics(*totals, self.metrics, self.nan_to_num, self.beta)
+        values.pop('aAcc', None)
+        self.per_class = {
+            name: {metric: _percent(per_class[index]) for metric, per_class in values.items()}
+            for index, name in enumerate(self.dataset_meta['classes'])
+        }
+        return summary
+
+
+def _percent(value) -> Optional[float]:
+    value = float(value)
+    return None if np.isnan(value) else round(value * 100, 2)

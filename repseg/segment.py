@@ -1,0 +1,293 @@
+"""Segment images, folders and videos with a trained segmentor: the library of
+``tools/infer.py``.
+
+Inputs are image files, folders (searched recursively) and video files. Every image is
+run through the config's own test pipeline (its resize, if any; predictions come back at
+the input's size), same-size images are batched, and three files are written per image:
+``<stem>_mask.png`` (Cityscapes colours), ``<stem>_overlay.png`` (mask over the image) and
+``<stem>_trainIds.png`` (raw labels). A video gives ``<stem>_mask.avi`` and
+``<stem>_overlay.avi`` (MJPG). A file that cannot be decoded is reported and skipped; the
+run goes on.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from tqdm import tqdm
+
+from .data.cityscapes_layout import PALETTE
+from .mmseg.runner import PreflightError, load_segmentor_weights
+
+IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp',
+                            '.ppm', '.pgm', '.jp2'})
+VIDEO_SUFFIXES = frozenset({'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg',
+                            '.mpeg', '.wmv'})
+VIDEO_FOURCC = 'MJPG'
+#: Skipped files named in the summary line (each is also reported when it is skipped).
+SHOWN_SKIPPED = 5
+
+
+class InputError(PreflightError):
+    """An input path that does not exist or holds nothing to segment."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file and where its outputs go (``out_stem`` + ``_mask.png`` ...)."""
+
+    path: Path
+    is_video: bool
+    out_stem: Path
+
+
+@dataclass
+class Summary:
+    """What :func:`segment_sources` did."""
+
+    images: int = 0
+    frames: int = 0
+    skipped: list = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        done = self.images + self.frames
+        per_image = self.seconds / done if done else float('nan')
+        text = f'done: {self.images} images'
+        if self.frames:
+            text += f' and {self.frames} video frames'
+        text += f'; skipped: {len(self.skipped)}'
+        if self.skipped:
+            shown = [str(path) for path, _ in self.skipped[:SHOWN_SKIPPED]]
+            more = len(self.skipped) - len(shown)
+            text += ' (' + ', '.join(shown) + (f', ... {more} more' if more else '') + ')'
+        return text + f'; {per_image:.3f} s per image'
+
+
+def collect_sources(inputs: Sequence, out_dir) -> list[Source]:
+    """Expand files and folders (recursively) into :class:`Source` items.
+
+    A folder's files keep their relative paths below ``out_dir``; a file given directly
+    goes to ``out_dir/<stem>``. Clashing output names get ``_2``, ``_3``, ... Files of other
+    types inside folders are ignored; a file given directly is tried as an image unless
+    its suffix is a video's.
+
+    Raises:
+        InputError: a path does not exist, or nothing to segment was found.
+    """
+    out_dir = Path(out_dir)
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise InputError(f"input not found: {', '.join(missing)}")
+    found: list[tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob('*') if p.is_file()
+                           and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            found += [(p, p.relative_to(item).with_suffix('')) for p in files]
+        else:
+            found.append((item, Path(item.stem)))
+    if not found:
+        raise InputError(f"no images or videos found in {', '.join(map(str, inputs))} "
+                         f"(image types: {', '.join(sorted(IMAGE_SUFFIXES))}; video types: "
+                         f"{', '.join(sorted(VIDEO_SUFFIXES))})")
+    sources, used = [], set()
+    for path, rel in found:
+        stem, n = rel, 1
+        while stem in used:
+            n += 1
+            stem = rel.with_name(f'{rel.name}_{n}')
+        used.add(stem)
+        sources.append(Source(path, path.suffix.lower() in VIDEO_SUFFIXES, out_dir / stem))
+    return sources
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] = PALETTE) -> np.ndarray:
+    """An ``H x W x 3`` BGR image of trainIds in ``palette`` (RGB) colours; black elsewhere."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:len(palette)] = np.asarray(palette, np.uint8)[:, ::-1]
+    return lut[labels]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, opacity: float) -> np.ndarray:
+    """Blend a colour mask over a BGR image (``opacity`` 0: image only, 1: mask only)."""
+    return cv2.addWeighted(image, 1.0 - opacity, mask, opacity, 0.0)
+
+
+class Segmenter:
+    """Runs a segmentor on BGR ``uint8`` images through its config's test pipeline.
+
+    Args:
+        model: an mmseg segmentor in eval mode with ``model.cfg`` set (as
+            :func:`load_segmentor` returns it).
+    """
+
+    def __init__(self, model: nn.Module):
+        from mmengine.dataset import Compose
+
+        self.model = model
+        steps = copy.deepcopy(_test_pipeline(model.cfg))
+        steps = [s for s in steps if s.get('type') != 'LoadAnnotations']
+        if steps and steps[0].get('type') == 'LoadImageFromFile':
+            steps[0] = dict(type='LoadImageFromNDArray')
+        self.pipeline = Compose(steps)
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``H x W`` uint8 trainId maps of same-size BGR images."""
+        batch = dict(inputs=[], data_samples=[])
+        for image in images:
+            item = self.pipeline(dict(img=image))
+            batch['inputs'].append(item['inputs'])
+            batch['data_samples'].append(item['data_samples'])
+        samples = self.model.test_step(batch)
+        return [s.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8) for s in samples]
+
+
+def _test_pipeline(cfg) -> list:
+    if cfg.get('test_pipeline'):
+        return cfg.test_pipeline
+    return cfg.test_dataloader.dataset.pipeline
+
+
+def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
+                   fuse: bool = True) -> nn.Module:
+    """Build the segmentor of ``config``, load ``checkpoint``, prepare it for inference.
+
+    Train-time and fused (``tools/deploy.py``) checkpoints both load: with their training
+    config, with a ``*_deploy.py`` config (train-time weights fuse on load). With ``fuse``
+    RepVGG blocks are fused (the same predictions, faster); with ``fp16`` the model is
+    cast to float16. Returns the model in eval mode.
+    """
+    from .inference import prepare_for_inference
+    from .mmseg.builder import build_segmentor, load_config
+
+    if not Path(config).is_file():
+        raise InputError(f'config file not found: {config}')
+    cfg = load_config(config)
+    model = build_segmentor(cfg, None, 'cpu')
+    meta = load_segmentor_weights(model, checkpoint)
+    if meta.get('dataset_meta'):
+        model.dataset_meta = dict(meta['dataset_meta'])
+    prepare_for_inference(model, fuse=fuse, fp16=fp16)
+    return model.to(device)
+
+
+def _batches(sources: Iterable[Source], batch_size: int, summary: Summary,
+             bar: tqdm) -> Iterator[list[tuple[Source, np.ndarray]]]:
+    """Read images and group consecutive same-size ones; unreadable files are recorded
+    in ``summary.skipped`` and reported."""
+    pending: list[tuple[Source, np.ndarray]] = []
+    for source in sources:
+        image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
+        if image is None:
+            reason = 'not a readable image (corrupt, truncated or of an unknown type)'
+            summary.skipped.append((source.path, reason))
+            bar.write(f'skipped {source.path}: {reason}')
+            bar.update()
+            continue
+        if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+            yield pending
+            pending = []
+        pending.append((source, image))
+    if pending:
+        yield pending
+
+
+def _write_image_outputs(source: Source, image: np.ndarray, labels: np.ndarray,
+                         palette, opacity: float) -> None:
+    source.out_stem.parent.mkdir(parents=True, exist_ok=True)
+    mask = colorize(labels, palette)
+    for suffix, array in (('_mask.png', mask), ('_overlay.png', overlay(image, mask, opacity)),
+                          ('_trainIds.png', labels)):
+        path = f'{source.out_stem}{suffix}'
+        if not cv2.imwrite(path, array):
+            raise OSError(f'could not write {path}')
+
+
+def _segment_video(segmenter: Segmenter, source: Source, batch_size: int, palette,
+                   opacity: float, summary: Summary, progress: bool) -> None:
+    capture = cv2.VideoCapture(str(source.path))
+    first_ok, frame = capture.read() if capture.isOpened() else (False, None)
+    if not first_ok:
+        capture.release()
+        reason = 'not a readable video (no frame could be decoded)'
+        summary.skipped.append((source.path, reason))
+        tqdm.write(f'skipped {source.path}: {reason}')
+        return
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    height, width = frame.shape[:2]
+    source.out_stem.parent.mkdir(parents=True, exist_ok=True)
+    fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC)
+    writers = {kind: cv2.VideoWriter(f'{source.out_stem}_{kind}.avi', fourcc, fps, (width, height))
+               for kind in ('mask', 'overlay')}
+    start = time.perf_counter()
+    with tqdm(total=total, desc=source.path.name, unit='frame', disable=not progress) as bar:
+        frames = [frame]
+        while frames:
+            while len(frames) < batch_size:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                frames.append(frame)
+            for image, labels in zip(frames, segmenter(frames)):
+                mask = colorize(labels, palette)
+                writers['mask'].write(mask)
+                writers['overlay'].write(overlay(image, mask, opacity))
+                summary.frames += 1
+            bar.update(len(frames))
+            ok, frame = capture.read()
+            frames = [frame] if ok else []
+    capture.release()
+    for writer in writers.values():
+        writer.release()
+    summary.seconds += time.perf_counter() - start
+
+
+def segment_sources(segmenter: Segmenter, sources: Sequence[Source], batch_size: int = 1,
+                    opacity: float = 0.5, progress: bool = True) -> Summary:
+    """Segment every source, writing its outputs (see the module docstring).
+
+    Returns a :class:`Summary`; ``seconds`` covers reading, inference and writing.
+    """
+    if batch_size < 1:
+        raise ValueError(f'batch size must be at least 1, got {batch_size}')
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
+    palette = segmenter.model.dataset_meta.get('palette') or PALETTE
+    summary = Summary()
+    images = [s for s in sources if not s.is_video]
+    if images:
+        start = time.perf_counter()
+        with tqdm(total=len(images), desc='images', unit='img', disable=not progress) as bar:
+            for batch in _batches(images, batch_size, summary, bar):
+                labels = segmenter([image for _, image in batch])
+                for (source, image), label_map in zip(batch, labels):
+                    _write_image_outputs(source, image, label_map, palette, opacity)
+                summary.images += len(batch)
+                bar.update(len(batch))
+        summary.seconds += time.perf_counter() - start
+    for source in sources:
+        if source.is_video:
+            _segment_video(segmenter, source, batch_size, palette, opacity, summary, progress)
+    print_log(summary.line(), logger='current')
+    return summary
+
+
+def segment(config, checkpoint, inputs: Sequence, out_dir, device: Optional[str] = None,
+            batch_size: int = 1, opacity: float = 0.5, fp16: bool = False,
+            progress: bool = True) -> Summary:
+    """``tools/infer.py``: load the model, segment ``inputs``, write to ``out_dir``."""
+    sources = collect_sources(inputs, out_dir)
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    model = load_segmentor(config, checkpoint, device, fp16)
+    return segment_sources(Segmenter(model), sources, batch_size, opacity, progress)

@@ -1,0 +1,138 @@
+"""tools/train.py and tools/test.py end to end on a tiny toy city, and the config
+adaptation behind them (CPU: BN, gloo, DDP wrapper; atomic checkpoints)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from repseg.data.toy_city import make_toy_cityscapes
+from repseg.mmseg.hooks import train_id_to_label_id_lut
+from repseg.mmseg import runner as runner_module
+from repseg.mmseg.runner import prepare_config, run_test, run_train
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'
+
+
+def tiny_options(data_root, **extra):
+    """``--cfg-options`` for a few fast iterations of a narrow demo model on ``data_root``."""
+    options = {f'{loader}.dataset.data_root': str(data_root)
+               for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')}
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options[f'{loader}.num_workers'] = 0
+        options[f'{loader}.persistent_workers'] = False
+    options.update({
+        'train_dataloader.batch_size': 2, 'train_cfg.max_iters': 2, 'train_cfg.val_interval': 100,
+        'default_hooks.checkpoint.interval': 2, 'default_hooks.logger.interval': 1,
+        'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8})
+    options.update(extra)
+    return options
+
+
+def as_cli(options):
+    return ['--cfg-options'] + [f'{key}={value}' for key, value in options.items()]
+
+
+@pytest.fixture(scope='module')
+def toy_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('toy_city')
+    make_toy_cityscapes(root, num_train=8, num_val=4, size=(64, 128), seed=3)
+    return root
+
+
+@pytest.fixture(scope='module')
+def trained(toy_root, tmp_path_factory):
+    """Train 2 iterations through the CLI; returns the work dir."""
+    work_dir = tmp_path_factory.mktemp('train')
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/train.py'), str(DEMO_CONFIG), '--work-dir',
+         str(work_dir), *as_cli(tiny_options(toy_root))],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Iter(train) [2/2]' in result.stdout
+    return work_dir
+
+
+def test_train_writes_checkpoint_and_pointer(trained):
+    pointer = (trained / 'last_checkpoint').read_text()
+    assert Path(pointer) == trained / 'iter_2.pth'
+    assert Path(pointer).is_file()
+    assert not list(trained.glob('*.tmp')) and not list(trained.glob('.*.tmp'))
+
+
+def test_test_cli_prints_table_writes_json_and_labelids(trained, toy_root, tmp_path):
+    out = tmp_path / 'labelids'
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/test.py'), str(DEMO_CONFIG),
+         str(trained / 'iter_2.pth'), '--work-dir', str(tmp_path), '--out', str(out),
+         *as_cli(tiny_options(toy_root))],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'per class results' in result.stdout
+    for header in ('Class', 'IoU', 'Acc', 'road', 'sky'):
+        assert header in result.stdout
+    assert 'mIoU' in result.stdout.splitlines()[-1]
+
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    for key in ('mIoU', 'mAcc', 'aAcc'):
+        assert 0 <= metrics[key] <= 100
+    assert set(metrics['per_class']['road']) == {'IoU', 'Acc'}
+    assert metrics['per_class']['train']['IoU'] is None  # absent in the toy city: NaN
+    assert metrics['checkpoint'].endswith('iter_2.pth')
+
+    written = sorted(out.glob('*_labelIds.png'))
+    assert [p.name for p in written] == [f'toycity_000001_00000{i}_labelIds.png' for i in range(4)]
+    valid_ids = set(train_id_to_label_id_lut()[:19].tolist())
+    for path in written:
+        labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert labels.shape == (64, 128) and labels.dtype == np.uint8
+        assert set(np.unique(labels).tolist()) <= valid_ids
+
+
+def test_label_id_mapping_is_the_official_one():
+    lut = train_id_to_label_id_lut()
+    # road, sidewalk, ..., bicycle (cityscapesscripts' labels.py)
+    assert lut[:19].tolist() == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+                                 31, 32, 33]
+
+
+def test_fp16_tta_and_show_dir_in_process(trained, toy_root, tmp_path):
+    metrics = run_test(DEMO_CONFIG, trained / 'iter_2.pth', work_dir=str(tmp_path / 'plain'),
+                   cfg_options=tiny_options(toy_root))
+    half = run_test(DEMO_CONFIG, trained / 'iter_2.pth', work_dir=str(tmp_path / 'fp16'),
+                fp16=True, show_dir=str(tmp_path / 'show'), cfg_options=tiny_options(toy_root))
+    assert abs(half['aAcc'] - metrics['aAcc']) < 2.0
+    assert list((tmp_path / 'show').rglob('*.png'))
+    tta = run_test(DEMO_CONFIG, trained / 'iter_2.pth', work_dir=str(tmp_path / 'tta'), tta=True,
+               cfg_options=tiny_options(toy_root))
+    assert 0 <= tta['mIoU'] <= 100
+    assert json.loads((tmp_path / 'tta' / 'metrics.json').read_text())['tta'] is True
+
+
+def test_cpu_config_uses_bn_gloo_ddp_and_atomic_checkpoints(tmp_path, monkeypatch):
+    logged = []
+    monkeypatch.setattr(runner_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    cfg = prepare_config(ROOT / 'configs/pspnet_repvgg_b2.py', work_dir=str(tmp_path),
+                         launcher='pytorch')
+    assert 'SyncBN' not in str(cfg.model.to_dict())
+    assert cfg.model.backbone.norm_cfg.type == 'BN'
+    assert cfg.model.decode_head.norm_cfg.type == 'BN'
+    assert any('using BN instead of SyncBN' in message for message in logged)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == 'DeviceAwareDDP'
+    assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
+    assert cfg.work_dir == str(tmp_path)
+    default = prepare_config(ROOT / 'configs/pspnet_repvgg_b2.py')
+    assert default.work_dir == str(Path('work_dirs') / 'pspnet_repvgg_b2')
+    assert 'model_wrapper_cfg' not in default
+
+
+def test_train_returns_runner_at_max_iters(toy_root, tmp_path):
+    runner = run_train(DEMO_CONFIG, work_dir=str(tmp_path),
+                   cfg_options=tiny_options(toy_root, **{'train_cfg.max_iters': 1}))
+    assert runner.iter == 1
+    assert (tmp_path / 'iter_1.pth').is_file()

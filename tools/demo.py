@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""repseg in a few minutes on a CPU: the whole pipeline on the synthetic toy city.
+
+1. draw the toy city (data/toy_city, Cityscapes layout)
+2. train a small PSPNet-RepVGG-A0 from scratch (configs/demo/pspnet_repvgg_a0_toycity.py)
+3. test it, next to the mIoU of always predicting the most frequent class
+4. fuse it (structural re-parameterization, tools/deploy.py)
+5. test the fused model: the same mIoU
+6. time train-time vs fused inference; agreement of float16 / bfloat16 predictions
+7. write overlays of the val images to work_dirs/demo/overlays
+
+Every step is the command a user would type. The demo fails loudly (exit status 1) if
+the model does not beat the baseline by a wide margin or fusion changes the mIoU.
+"""
+import argparse
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from repseg.data.cityscapes_layout import CLASSES  # noqa: E402
+
+CONFIG = 'configs/demo/pspnet_repvgg_a0_toycity.py'
+DATA_ROOT = Path('data/toy_city')
+WORK_DIR = Path('work_dirs/demo')
+NUM_TRAIN, NUM_VAL = 200, 30
+#: The trained model must beat the majority-class baseline by this many mIoU points.
+MIN_MARGIN = 20.0
+#: Largest accepted mIoU change from fusing (float rounding only).
+MAX_FUSION_CHANGE = 0.1
+TIMED_IMAGES = 20
+AGREEMENT_IMAGES = 8
+
+
+class DemoFailure(RuntimeError):
+    pass
+
+
+def announce(step: int, total: int, title: str) -> None:
+    print(f'\n{"=" * 78}\n[{step}/{total}] {title}\n{"=" * 78}', flush=True)
+
+
+def run(*args: str) -> None:
+    """Run a repseg tool with this interpreter, output straight to the terminal."""
+    command = [sys.executable, *args]
+    print('$ python ' + ' '.join(args), flush=True)
+    if subprocess.run(command, cwd=ROOT).returncode != 0:
+        raise DemoFailure(f"step failed: python {' '.join(args)}")
+
+
+def majority_baseline(label_dir, num_classes: int = 19, ignore_index: int = 255):
+    """mIoU (percent) of predicting the most frequent class everywhere, computed as mmseg
+    does: that class scores its pixel share, every other class present scores 0, absent
+    classes are left out. Returns ``(mIoU, class index)``."""
+    counts = np.zeros(256, np.int64)
+    labels = sorted(Path(label_dir).rglob('*_gtFine_labelTrainIds.png'))
+    if not labels:
+        raise DemoFailure(f'no *_gtFine_labelTrainIds.png under {label_dir}')
+    for path in labels:
+        counts += np.bincount(cv2.imread(str(path), cv2.IMREAD_UNCHANGED).ravel(), minlength=256)
+    counts[ignore_index] = 0
+    counts = counts[:num_classes]
+    top = int(counts.argmax())
+    return 100.0 * counts[top] / counts.sum() / np.count_nonzero(counts), top
+
+
+def test_miou(config, checkpoint, work_dir: Path) -> float:
+    run('tools/test.py', str(config), str(checkpoint), '--work-dir', str(work_dir))
+    return json.loads((work_dir / 'metrics.json').read_text())['mIoU']
+
+
+def ms_per_image(model, images) -> float:
+    """Median milliseconds of the tensor forward pass (backbone + decode head) per image."""
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for index, image in enumerate(images):
+            inputs = model.data_preprocessor(
+                dict(inputs=[torch.from_numpy(image.transpose(2, 0, 1).copy())]), False)['inputs']
+            start = time.perf_counter()
+            model._forward(inputs)
+            if index >= 2:  # warm-up
+                times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def speed_and_precision(train_cfg, train_ckpt, fused_cfg, fused_ckpt, val_dir: Path) -> dict:
+    import torch
+
+    import repseg  # noqa: F401  (before mmseg)
+    from repseg.inference import prediction_agreement, prepare_for_inference
+    from repseg.segment import load_segmentor
+
+    paths = sorted(val_dir.rglob('*_leftImg8bit.png'))
+    images = [cv2.imread(str(p)) for p in paths[:TIMED_IMAGES]]
+    train_time = load_segmentor(train_cfg, train_ckpt, fuse=False)
+    fused = load_segmentor(fused_cfg, fused_ckpt)
+    results = dict(train_ms=ms_per_image(train_time, images), fused_ms=ms_per_image(fused, images),
+                   threads=torch.get_num_threads())
+    sample = images[:AGREEMENT_IMAGES]
+    results['fused_agreement'] = prediction_agreement(train_time, fused, sample)
+    for name, dtype in (('fp16', torch.float16), ('bf16', torch.bfloat16)):
+        half = prepare_for_inference(copy.deepcopy(fused), fp16=True, half_dtype=dtype)
+        results[f'{name}_agreement'] = prediction_agreement(fused, half, sample)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    start = time.perf_counter()
+    total = 7
+    try:
+        announce(1, total, f'draw the toy city: {NUM_TRAIN} train / {NUM_VAL} val frames '
+                           f'in {DATA_ROOT}')
+        if (ROOT / DATA_ROOT).exists():
+            shutil.rmtree(ROOT / DATA_ROOT)
+        run('tools/make_toy_cityscapes.py', str(DATA_ROOT), '--train', str(NUM_TRAIN),
+            '--val', str(NUM_VAL))
+
+        announce(2, total, 'train PSPNet-RepVGG-A0 from scratch (BN, batch 8, 128x128 crops)')
+        train_start = time.perf_counter()
+        run('tools/train.py', CONFIG, '--work-dir', str(WORK_DIR))
+        train_seconds = time.perf_counter() - train_start
+        checkpoint = Path((ROOT / WORK_DIR / 'last_checkpoint').read_text().strip())
+
+        announce(3, total, 'test the trained model (whole 128x256 val frames)')
+        miou = test_miou(CONFIG, checkpoint, WORK_DIR / 'test')
+        baseline, top = majority_baseline(ROOT / DATA_ROOT / 'gtFine' / 'val')
+        print(f'\nmIoU {miou:.2f}  vs  {baseline:.2f} for always predicting '
+              f"'{CLASSES[top]}' (the most frequent val class)", flush=True)
+        if not miou >= baseline + MIN_MARGIN:
+            raise DemoFailure(f'the model reached mIoU {miou:.2f}, not {MIN_MARGIN:g} points '
+                              f'above the majority-class baseline {baseline:.2f}: training '
+                              'did not learn')
+
+        announce(4, total, 'fuse the RepVGG blocks (structural re-parameterization)')
+        run('tools/deploy.py', CONFIG, str(checkpoint), str(WORK_DIR / 'deploy'))
+        stem = Path(CONFIG).stem + '_deploy'
+        fused_cfg = WORK_DIR / 'deploy' / f'{stem}.py'
+        fused_ckpt = WORK_DIR / 'deploy' / f'{stem}.pth'
+
+        announce(5, total, 'test the fused model')
+        fused_miou = test_miou(fused_cfg, fused_ckpt, WORK_DIR / 'test_fused')
+        print(f'\nmIoU train-time {miou:.2f}, fused {fused_miou:.2f}', flush=True)
+        if abs(fused_miou - miou) > MAX_FUSION_CHANGE:
+            raise DemoFailure(f'fusing changed the mIoU from {miou:.2f} to {fused_miou:.2f}')
+
+        announce(6, total, 'inference speed (train-time vs fused) and half-precision agreement')
+        stats = speed_and_precision(ROOT / CONFIG, checkpoint, ROOT / fused_cfg,
+                                    ROOT / fused_ckpt, ROOT / DATA_ROOT / 'leftImg8bit' / 'val')
+        print(f"forward pass per 128x256 image on {stats['threads']} CPU threads: train-time "
+              f"{stats['train_ms']:.1f} ms, fused {stats['fused_ms']:.1f} ms "
+              f"({stats['train_ms'] / stats['fused_ms']:.2f}x faster fused)\n"
+              f"pixels predicted alike: fused vs train-time "
+              f"{100 * stats['fused_agreement']:.2f}%, float16 vs float32 "
+              f"{100 * stats['fp16_agreement']:.2f}%, bfloat16 vs float32 "
+              f"{100 * stats['bf16_agreement']:.2f}%", flush=True)
+
+        announce(7, total, f'overlays of the val frames in {WORK_DIR / "overlays"}')
+        run('tools/infer.py', str(fused_cfg), str(fused_ckpt),
+            str(DATA_ROOT / 'leftImg8bit' / 'val'), '--out-dir', str(WORK_DIR / 'overlays'),
+            '--batch-size', '4', '--no-progress')
+    except DemoFailure as failure:
+        print(f'\nDEMO FAILED: {failure}', file=sys.stderr, flush=True)
+        sys.exit(1)
+    minutes, seconds = divmod(time.perf_counter() - start, 60)
+    print(f'\ndemo done in {int(minutes)} min {seconds:.0f} s (training '
+          f'{train_seconds:.0f} s): mIoU {miou:.2f} (baseline {baseline:.2f}), fused '
+          f'{fused_miou:.2f}; fused inference {stats["train_ms"] / stats["fused_ms"]:.2f}x '
+          f'faster; outputs in {WORK_DIR}/', flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Segment images, folders (recursively) and videos with a trained segmentor.
+
+Writes, per image, <stem>_mask.png (Cityscapes colours), <stem>_overlay.png and
+<stem>_trainIds.png (raw labels); per video, <stem>_mask.avi and <stem>_overlay.avi.
+Train-time and fused (tools/deploy.py) checkpoints both work, with their training or
+*_deploy.py config; RepVGG blocks are fused before inference. Unreadable files are
+reported and skipped.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
+from repseg.mmseg.runner import exit_on_user_error  # noqa: E402
+from repseg.segment import segment  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file (training or *_deploy.py)')
+    parser.add_argument('checkpoint', help='checkpoint file (train-time or fused)')
+    parser.add_argument('inputs', nargs='+', metavar='INPUT',
+                        help='image files, folders or video files')
+    parser.add_argument('--out-dir', default='work_dirs/infer', help='where outputs go')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='mask opacity in the overlays, 0-1')
+    parser.add_argument('--fp16', action='store_true', help='run in float16')
+    parser.add_argument('--device', help="e.g. 'cpu' or 'cuda:0' (default: cuda if available)")
+    parser.add_argument('--batch-size', type=int, default=1,
+                        help='images per forward pass (same-size images are batched)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    args = parser.parse_args(argv)
+    if not 0 <= args.opacity <= 1:
+        parser.error(f'--opacity must be in [0, 1], got {args.opacity}')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with exit_on_user_error():
+        summary = segment(args.config, args.checkpoint, args.inputs, args.out_dir,
+                          device=args.device, batch_size=args.batch_size,
+                          opacity=args.opacity, fp16=args.fp16,
+                          progress=not args.no_progress)
+    if not summary.images + summary.frames:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()

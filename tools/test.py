@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Evaluate a segmentor checkpoint (mmsegmentation's tools/test.py, with checks).
+
+Prints the per-class IoU / Acc table and mIoU, mAcc, aAcc, and writes them to
+<work_dir>/metrics.json. --out DIR writes Cityscapes *_labelIds.png predictions for the
+official evaluation script. The checkpoint must fit the config (fused checkpoints of
+tools/deploy.py go with their *_deploy.py config); a misfit exits with status 2.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.dist import get_rank  # noqa: E402
+
+from repseg.mmseg.runner import exit_on_user_error, run_test  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics.json')
+    parser.add_argument('--out', help='write Cityscapes *_labelIds.png predictions here')
+    parser.add_argument('--show-dir', help='save images drawn with predictions here')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--fp16', action='store_true',
+                        help='fuse RepVGG blocks and run in float16')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. test_dataloader.batch_size=2')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher (pytorch: started by torchrun, tools/dist_test.sh)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with exit_on_user_error():
+        metrics = run_test(args.config, args.checkpoint, work_dir=args.work_dir, out=args.out,
+                       show_dir=args.show_dir, tta=args.tta, fp16=args.fp16,
+                       cfg_options=args.cfg_options, launcher=args.launcher)
+    if 'mIoU' in metrics and get_rank() == 0:
+        print('mIoU {mIoU:.2f}  mAcc {mAcc:.2f}  aAcc {aAcc:.2f}'.format(**metrics))
+
+
+if __name__ == '__main__':
+    main()
