@@ -100,3 +100,14 @@ def test_psp_head_fp16_channels_last_close_to_fp32():
         out = fast([x.half().contiguous(memory_format=torch.channels_last)])
     assert out.dtype == torch.float16
     assert (out.float() - reference).abs().max() <= 2e-2 * reference.abs().max()
+
+
+def test_matrices_cached_under_inference_mode_still_serve_autograd():
+    """A matrix first built under torch.inference_mode() must not poison later training."""
+    x = torch.randn(1, 4, 11, 5)
+    with torch.inference_mode():
+        adaptive_avg_pool2d_fast(x, 3)
+    y = x.clone().requires_grad_()
+    adaptive_avg_pool2d_fast(y, 3).sum().backward()
+    expected = torch.autograd.grad(F.adaptive_avg_pool2d(y, 3).sum(), y)[0]
+    torch.testing.assert_close(y.grad, expected)

@@ -64,7 +64,10 @@ def pooling_matrix(length, bins: Sequence[int], dtype: torch.dtype = torch.float
 @lru_cache(maxsize=64)
 def _cached_pooling_matrix(length: int, bins: tuple[int, ...], dtype: torch.dtype,
                            device: torch.device) -> torch.Tensor:
-    return pooling_matrix(length, bins, dtype, device)
+    # A matrix first built under torch.inference_mode() would be an inference tensor, which
+    # a later forward with autograd on could not use: build cached matrices as normal ones.
+    with torch.inference_mode(False):
+        return pooling_matrix(length, bins, dtype, device)
 
 
 def _matrix(x: torch.Tensor, dim: int, bins: tuple[int, ...]) -> torch.Tensor:
