@@ -9,20 +9,5 @@ if [ $# -lt 2 ]; then
     echo "usage: $0 CONFIG NUM_PROCESSES [train.py options]" >&2
     exit 2
 fi
-CONFIG=$1
-GPUS=$2
-PYTHON=${PYTHON:-python}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-TOOLS=$(cd "$(dirname "$0")" && pwd)
-
-PYTHONPATH="$TOOLS/..${PYTHONPATH:+:$PYTHONPATH}" \
-exec "$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" \
-    --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" \
-    --master_port="$PORT" \
-    --nproc_per_node="$GPUS" \
-    "$TOOLS/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+source "$(dirname "$0")/torchrun_launch.sh"
+launch "$2" train.py "$1" "${@:3}"

@@ -1,0 +1,18 @@
+# Sourced by dist_train.sh and dist_test.sh: run a tool on several processes with torchrun.
+#   launch NUM_PROCESSES TOOL [tool arguments]
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT on every node.
+# PYTHON selects the interpreter (default: python).
+launch() {
+    local processes=$1 tool=$2
+    shift 2
+    local tools
+    tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+    PYTHONPATH="$tools/..${PYTHONPATH:+:$PYTHONPATH}" \
+    exec "${PYTHON:-python}" -m torch.distributed.run \
+        --nnodes="${NNODES:-1}" \
+        --node_rank="${NODE_RANK:-0}" \
+        --master_addr="${MASTER_ADDR:-127.0.0.1}" \
+        --master_port="${PORT:-29500}" \
+        --nproc_per_node="$processes" \
+        "$tools/$tool" --launcher pytorch "$@"
+}
