@@ -17,8 +17,9 @@ from . import cityscapes_layout as layout
 _HOW_TO_GET_DATA = (
     'Download Cityscapes and run `python tools/prepare_cityscapes.py '
     '{root}` on it (see data/README.md); or, for a quick run, draw the '
-    'synthetic toy city with `python tools/make_toy_cityscapes.py DIR` and '
-    'set data_root to DIR (e.g. data/toy_city).')
+    'synthetic toy city with `python tools/make_toy_cityscapes.py data/toy_city` and '
+    'set data_root to data/toy_city, or train the small demo model on it: '
+    '`python tools/train.py configs/demo/pspnet_repvgg_a0_toycity.py` (as `make demo` does).')
 
 
 class DatasetError(ValueError):

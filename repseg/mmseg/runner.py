@@ -51,11 +51,6 @@ NON_ARGUMENT_KEYS = ('type', '_scope_')
 HELPER_CFG_KEYS = ('norm_cfg', 'act_cfg', 'conv_cfg', 'init_cfg', 'train_cfg', 'test_cfg',
                    'dcn', 'plugins', 'sampler')
 
-TOY_CITY_HINT = (
-    'To try repseg without Cityscapes, train the small demo model on the synthetic toy city: '
-    '`python tools/make_toy_cityscapes.py data/toy_city` then '
-    '`python tools/train.py configs/demo/pspnet_repvgg_a0_toycity.py` (or run `make demo`).')
-
 _run_ids = itertools.count()
 
 
@@ -331,7 +326,7 @@ def dataset_problems(cfg: Config, loader_names: Sequence[str],
         except DatasetError as error:  # the data module's help on getting the data
             message = str(error)
         keys = ', '.join(f'{p}.data_root' for p in paths)
-        problems.insert(0, f'{message} (set in {config_name} as {keys}) {TOY_CITY_HINT}')
+        problems.insert(0, f'{message} (set in {config_name} as {keys})')
     return problems
 
 
