@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 
 
 class MissingCompiledOp:
@@ -66,6 +67,9 @@ def install_mmcv_ops_stand_in() -> bool:
         return MissingCompiledOp(name)
 
     ops.__getattr__ = missing_op
+    # mmcv warns at import that mmcv-lite lacks this op; the placeholder above says it
+    # when (if ever) the op is called, so the warning is only noise on every start.
+    warnings.filterwarnings('ignore', message='Fail to import ``MultiScaleDeformableAttention``')
     sys.modules['mmcv.ops'] = ops
     sys.modules['mmcv.ops.point_sample'] = point_sample_module
     mmcv.ops = ops
