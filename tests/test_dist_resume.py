@@ -11,6 +11,7 @@ import torch
 from mmengine.hooks import Hook
 
 from repseg.data.toy_city import make_toy_cityscapes
+from repseg.fileio import write_bytes_atomically
 from repseg.mmseg import hooks as repseg_hooks
 from repseg.mmseg.runner import build_runner, prepare_config, run_train
 
@@ -158,13 +159,13 @@ def test_resume_carries_optimizer_and_scheduler_state(toy_root, tmp_path):
 
 def test_write_atomically_keeps_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / 'iter_2.pth'
-    repseg_hooks.write_atomically(target, b'complete checkpoint')
+    write_bytes_atomically(target, b'complete checkpoint')
 
     def crash(src, dst):
         raise KeyboardInterrupt('killed mid-write')
 
-    monkeypatch.setattr(repseg_hooks.os, 'replace', crash)
+    monkeypatch.setattr(os, 'replace', crash)
     with pytest.raises(KeyboardInterrupt):
-        repseg_hooks.write_atomically(target, b'half')
+        write_bytes_atomically(target, b'half')
     assert target.read_bytes() == b'complete checkpoint'
     assert [p.name for p in tmp_path.iterdir()] == ['iter_2.pth']

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 from typing import Union
 
-import torch
 
+from ..fileio import save_atomically
 from ..models.arch import canonical_arch_name
 from ..models.reparam import reparameterize
 from ..models.repvgg import create_model
@@ -60,19 +60,8 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
     if deploy:
         reparameterize(model, inplace=True)
     out = export_state_dict(model.state_dict(), to)
-    _save_atomically(out, dst)
+    save_atomically(out, dst)
     return {'arch': arch, 'layout_in': report.layout,
             'fused_in': report.fused_checkpoint, 'num_classes': num_classes,
             'layout_out': to, 'fused_out': deploy or has_fused_blocks,
             'tensors': len(out), 'dst': str(dst)}
-
-
-def _save_atomically(state: dict, dst: Path) -> None:
-    """``torch.save`` to ``dst.tmp`` in the same folder, then rename over ``dst``."""
-    tmp = dst.with_name(dst.name + '.tmp')
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from ..fileio import save_atomically, write_text_atomically
 from ..models.block import RepVGGBlock
 from ..models.reparam import reparameterize
 from .builder import build_segmentor, load_config
@@ -62,24 +63,6 @@ def compare_outputs(reference: nn.Module, candidate: nn.Module,
     max_abs = (actual.to(expected.device) - expected).abs().max().item()
     scale = expected.abs().max().item()
     return max_abs, max_abs / scale if scale > 0 else max_abs
-
-
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    tmp = str(path.with_name(f'.{path.name}.{os.getpid()}.tmp'))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(text: str) -> Callable[[str], None]:
-    def write(tmp: str) -> None:
-        with open(tmp, 'w', encoding='utf-8') as file:
-            file.write(text)
-    return write
 
 
 def _is_repvgg_backbone(cfg: Config) -> bool:
@@ -140,10 +123,10 @@ def deploy_segmentor(config: Union[str, os.PathLike, Config],
     state = {'state_dict': fused.state_dict(), 'meta': meta}
     del fused
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))
+    save_atomically(state, ckpt_path)
     header = (f'# Fused (re-parameterized) RepVGG config written by tools/deploy.py from\n'
               f'# {source_name}; weights: {ckpt_path.name}\n')
-    _write_atomically(cfg_path, _write_text(header + deploy_config(cfg).pretty_text))
+    write_text_atomically(cfg_path, header + deploy_config(cfg).pretty_text)
     print_log(f'fused {num_blocks} RepVGG blocks; wrote {ckpt_path} and {cfg_path}',
               logger='current')
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import os.path as osp
 from collections import deque
-from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
@@ -28,6 +27,7 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import HOOKS, METRICS
 
 from ..data import cityscapes_layout as layout
+from ..fileio import write_bytes_atomically, write_text_atomically
 
 #: File backend name of :class:`AtomicLocalBackend` (``backend_args=dict(backend=...)``).
 ATOMIC_BACKEND = 'atomic_local'
@@ -35,31 +35,14 @@ ATOMIC_BACKEND = 'atomic_local'
 POINTER_FILE = 'last_checkpoint'
 
 
-def write_atomically(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old
-    file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend with atomic ``put`` and ``put_text``."""
 
     def put(self, obj: bytes, filepath) -> None:
-        write_atomically(filepath, obj)
+        write_bytes_atomically(filepath, obj)
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        write_atomically(filepath, obj.encode(encoding))
+        write_text_atomically(filepath, obj, encoding)
 
 
 register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
@@ -86,7 +69,7 @@ class AtomicCheckpointHook(CheckpointHook):
             save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
             backend_args=self.backend_args, **self.args)
         if is_main_process():
-            write_atomically(osp.join(runner.work_dir, POINTER_FILE), self.last_ckpt.encode())
+            write_text_atomically(osp.join(runner.work_dir, POINTER_FILE), self.last_ckpt)
         self._remove_old_checkpoints(runner, step)
 
     def _remove_old_checkpoints(self, runner, step: int) -> None:
