@@ -25,7 +25,7 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from .data.cityscapes_layout import PALETTE
-from .mmseg.runner import PreflightError, load_segmentor_weights
+from .mmseg.runner import PreflightError
 
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp',
                             '.ppm', '.pgm', '.jp2'})
@@ -173,10 +173,7 @@ def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
     if not Path(config).is_file():
         raise InputError(f'config file not found: {config}')
     cfg = load_config(config)
-    model = build_segmentor(cfg, None, 'cpu')
-    meta = load_segmentor_weights(model, checkpoint)
-    if meta.get('dataset_meta'):
-        model.dataset_meta = dict(meta['dataset_meta'])
+    model = build_segmentor(cfg, checkpoint, 'cpu')
     prepare_for_inference(model, fuse=fuse, fp16=fp16)
     return model.to(device)
 

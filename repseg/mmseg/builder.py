@@ -11,14 +11,16 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
-from mmengine.runner import load_checkpoint as mmengine_load_checkpoint
+from mmengine.model import is_model_wrapper
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from .backbone import RepVGGBackbone
 
 #: BN types that need a process group; on CPU or in one process they become plain BN.
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
@@ -34,7 +36,6 @@ RUNNER_KEYS = frozenset({
     'work_dir',
 })
 
-MAX_MESSAGE = 2000  # characters of mmengine's key-mismatch report to show
 
 ConfigLike = Union[str, os.PathLike, Config]
 
@@ -142,10 +143,8 @@ def _default_dataset_meta() -> dict:
                 palette=CityscapesDataset.METAINFO['palette'])
 
 
-def _dataset_meta_of(checkpoint: Mapping) -> Optional[dict]:
-    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-    if not isinstance(meta, Mapping):
-        return None
+def _dataset_meta_of(meta: Mapping) -> Optional[dict]:
+    """Classes and palette from a checkpoint's ``meta``, if it records them."""
     if meta.get('dataset_meta'):
         return dict(meta['dataset_meta'])
     if meta.get('CLASSES'):  # mmseg 0.x checkpoints
@@ -153,14 +152,83 @@ def _dataset_meta_of(checkpoint: Mapping) -> Optional[dict]:
     return None
 
 
-def _fused_mismatch_hint(model: nn.Module, message: str) -> str:
-    has_branches = any(name.endswith('.conv3x3.conv.weight')
-                       for name, _ in model.named_parameters())
-    if has_branches and '.fused.' in message:
+def _fused_mismatch_hint(backbone: nn.Module, state: Mapping) -> str:
+    if not backbone.deploy and any('.fused.' in k or 'reparam' in k for k in state):
         return ('\nThe checkpoint holds fused (re-parameterized) RepVGG weights but the config '
                 'builds train-time branches: use the *_deploy.py config written next to the '
                 'checkpoint by tools/deploy.py (or set model.backbone.deploy=True).')
     return ''
+
+
+def segmentor_of(model: nn.Module) -> nn.Module:
+    """The segmentor inside DDP and test-time-augmentation wrappers."""
+    while True:
+        if is_model_wrapper(model) or type(model).__name__.endswith('TTAModel'):
+            model = model.module
+        else:
+            return model
+
+
+def read_segmentor_checkpoint(checkpoint) -> tuple[dict, dict]:
+    """``(state_dict, meta)`` of a whole-segmentor checkpoint (``weights_only`` loading;
+    ``state_dict`` containers and ``module.`` prefixes handled by
+    :func:`repseg.checkpoint.read_state_dict`)."""
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
+    try:
+        obj = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"could not read checkpoint '{checkpoint}': "
+                              f'{type(error).__name__}: {error}') from error
+    meta = obj.get('meta') if isinstance(obj, Mapping) else None
+    state, _ = read_state_dict(obj)
+    return state, dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def load_segmentor_weights(model: nn.Module, checkpoint, loaded: Optional[tuple] = None) -> dict:
+    """Load a whole-segmentor checkpoint strictly; return its ``meta``.
+
+    A RepVGG backbone loads through :func:`repseg.load_checkpoint`, so train-time weights
+    fuse on load into a deploy-config model, and a checkpoint of another arch is named
+    (``the checkpoint looks like RepVGG-B2``). Raises :class:`CheckpointError` on missing,
+    unexpected or wrong-shape tensors. ``loaded``: the ``(state, meta)`` of
+    ``checkpoint`` if already read.
+    """
+    state, meta = loaded or read_segmentor_checkpoint(checkpoint)
+    segmentor = segmentor_of(model)
+    backbone = getattr(segmentor, 'backbone', None)
+    rest = state
+    if isinstance(backbone, RepVGGBackbone):
+        prefix = 'backbone.'
+        rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not backbone_state:
+            raise CheckpointError(f"'{checkpoint}' holds no backbone weights: is it a "
+                                  'segmentor checkpoint (as tools/train.py writes them)?')
+        try:
+            load_checkpoint(backbone, backbone_state, strict=True)
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"checkpoint '{checkpoint}' does not fit the RepVGG-{backbone.arch} backbone "
+                f'of the config: {error}. Test with the config the checkpoint was trained '
+                'with.' + _fused_mismatch_hint(backbone, backbone_state)) from None
+    target = {k: v for k, v in segmentor.state_dict().items()
+              if not (isinstance(backbone, RepVGGBackbone) and k.startswith('backbone.'))}
+    missing = [k for k in target if k not in rest and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in rest if k not in target]
+    wrong = [f'{k} (checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)})'
+             for k, v in rest.items() if k in target and v.shape != target[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f'{title} ({len(keys)}): {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'
+                 for title, keys in (('missing in checkpoint', missing),
+                                     ('unexpected in checkpoint', unexpected),
+                                     ('wrong shape', wrong)) if keys]
+        raise CheckpointError(f"checkpoint '{checkpoint}' does not fit the model of the "
+                              f"config: {'; '.join(parts)}. Test with the config the "
+                              'checkpoint was trained with.')
+    segmentor.load_state_dict({**segmentor.state_dict(), **rest}, strict=True)
+    print_log(f'loaded segmentor checkpoint {checkpoint}', logger='current')
+    return dict(meta)
 
 
 def build_segmentor(cfg: ConfigLike, checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -170,7 +238,9 @@ def build_segmentor(cfg: ConfigLike, checkpoint: Optional[Union[str, os.PathLike
     The model is built with plain BN (:func:`use_plain_bn`, on a copy: ``cfg`` itself is
     not changed), since inference runs in one process. No backbone ``Pretrained`` init is
     run: weights come from ``checkpoint`` (a whole-segmentor file as written by mmengine's
-    Runner or ``tools/deploy.py``, loaded strictly) or stay at their random init.
+    Runner or ``tools/deploy.py``, loaded strictly by :func:`load_segmentor_weights`, so
+    train-time RepVGG weights fuse on load into a ``*_deploy.py`` config) or stay at their
+    random init.
 
     Args:
         cfg: a config path or a loaded :class:`mmengine.config.Config`.
@@ -183,25 +253,13 @@ def build_segmentor(cfg: ConfigLike, checkpoint: Optional[Union[str, os.PathLike
     """
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
     register_all_modules(init_default_scope=True)
     model_cfg = plain_bn(cfg.model)
     model_cfg.pop('pretrained', None)
     model = MODELS.build(model_cfg)
     dataset_meta = None
     if checkpoint is not None:
-        try:
-            loaded = mmengine_load_checkpoint(model, str(checkpoint), map_location='cpu',
-                                              strict=True)
-        except RuntimeError as error:
-            message = str(error)
-            shown = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + ' ...'
-            raise CheckpointError(f'checkpoint {checkpoint} does not fit the model built from '
-                                  f'the config:\n{shown}'
-                                  + _fused_mismatch_hint(model, message)) from None
-        dataset_meta = _dataset_meta_of(loaded)
-        print_log(f'loaded segmentor checkpoint {checkpoint}', logger='current')
+        dataset_meta = _dataset_meta_of(load_segmentor_weights(model, checkpoint))
     model.cfg = cfg
     model.dataset_meta = dataset_meta or _default_dataset_meta()
     return model.to(device).eval()

@@ -31,13 +31,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError
 from ..data.validate import DatasetError, check_cityscapes_split
 from ..models.arch import canonical_arch_name
 from .backbone import PretrainedNotFoundError, RepVGGBackbone, check_pretrained_exists
-from .builder import ConfigKeyError, load_config, use_plain_bn
+from .builder import (ConfigKeyError, load_config, load_segmentor_weights,
+                      read_segmentor_checkpoint, segmentor_of, use_plain_bn)
 from .ddp import DeviceAwareDDP
 from .hooks import AtomicCheckpointHook, CityscapesLabelIdsHook, PerClassIoUMetric
 
@@ -60,7 +60,7 @@ class PreflightError(ValueError):
 
 #: Errors that are the user's to fix: tools print their message and exit with status 2.
 USER_ERRORS = (PreflightError, DatasetError, PretrainedNotFoundError, CheckpointError,
-               ConfigKeyError)
+               ConfigKeyError, FileNotFoundError)
 
 
 @contextlib.contextmanager
@@ -453,77 +453,6 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
     return runner
 
 
-def segmentor_of(model: nn.Module) -> nn.Module:
-    """The segmentor inside DDP and test-time-augmentation wrappers."""
-    while True:
-        if is_model_wrapper(model) or type(model).__name__.endswith('TTAModel'):
-            model = model.module
-        else:
-            return model
-
-
-def _read_segmentor_state(checkpoint) -> tuple[dict, dict]:
-    if not Path(checkpoint).is_file():
-        raise PreflightError(f'checkpoint file not found: {checkpoint}')
-    try:
-        obj = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"could not read checkpoint '{checkpoint}': "
-                              f'{type(error).__name__}: {error}') from error
-    state = obj.get('state_dict', obj) if isinstance(obj, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"'{checkpoint}' holds no model state dict")
-    meta = obj.get('meta') if isinstance(obj.get('meta'), Mapping) else {}
-    return {k[len('module.'):] if k.startswith('module.') else k: v
-            for k, v in state.items()}, meta
-
-
-def load_segmentor_weights(model: nn.Module, checkpoint, loaded: Optional[tuple] = None) -> dict:
-    """Load a whole-segmentor checkpoint strictly; return its ``meta``.
-
-    A RepVGG backbone loads through :func:`repseg.load_checkpoint`, so train-time weights
-    fuse on load into a deploy-config model, and a checkpoint of another arch is named
-    (``the checkpoint looks like RepVGG-B2``). Raises :class:`CheckpointError` on missing,
-    unexpected or wrong-shape tensors. ``loaded``: the ``(state, meta)`` of
-    ``checkpoint`` if already read.
-    """
-    state, meta = loaded or _read_segmentor_state(checkpoint)
-    segmentor = segmentor_of(model)
-    backbone = getattr(segmentor, 'backbone', None)
-    rest = state
-    if isinstance(backbone, RepVGGBackbone):
-        prefix = 'backbone.'
-        rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not backbone_state:
-            raise CheckpointError(f"'{checkpoint}' holds no backbone weights: is it a "
-                                  'segmentor checkpoint (as tools/train.py writes them)?')
-        try:
-            load_checkpoint(backbone, backbone_state, strict=True)
-        except CheckpointError as error:
-            raise CheckpointError(
-                f"checkpoint '{checkpoint}' does not fit the RepVGG-{backbone.arch} backbone "
-                f'of the config: {error}. Test with the config the checkpoint was trained '
-                'with.') from None
-    target = {k: v for k, v in segmentor.state_dict().items()
-              if not (isinstance(backbone, RepVGGBackbone) and k.startswith('backbone.'))}
-    missing = [k for k in target if k not in rest and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in rest if k not in target]
-    wrong = [f'{k} (checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)})'
-             for k, v in rest.items() if k in target and v.shape != target[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f'{title} ({len(keys)}): {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'
-                 for title, keys in (('missing in checkpoint', missing),
-                                     ('unexpected in checkpoint', unexpected),
-                                     ('wrong shape', wrong)) if keys]
-        raise CheckpointError(f"checkpoint '{checkpoint}' does not fit the model of the "
-                              f"config: {'; '.join(parts)}. Test with the config the "
-                              'checkpoint was trained with.')
-    segmentor.load_state_dict({**segmentor.state_dict(), **rest}, strict=True)
-    print_log(f'loaded segmentor checkpoint {checkpoint}', logger='current')
-    return dict(meta)
-
-
 def checked_weights(cfg: Config, checkpoint, loaded: Optional[tuple] = None) -> dict:
     """The state dict of ``cfg``'s segmentor with ``checkpoint`` loaded strictly
     (:func:`load_segmentor_weights`), built on the CPU before the Runner, so that a
@@ -571,7 +500,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         ``{'mIoU': ..., 'mAcc': ..., 'aAcc': ..., 'per_class': {...}}`` (percent).
     """
     cfg = prepare_config(config, cfg_options, work_dir, launcher)
-    loaded = _read_segmentor_state(checkpoint)
+    loaded = read_segmentor_checkpoint(checkpoint)
     _test_config(cfg, out, show_dir, tta)
     preflight(cfg, 'test', str(config))
     weights = checked_weights(cfg, checkpoint, loaded)
