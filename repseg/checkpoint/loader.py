@@ -182,14 +182,36 @@ def guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def key_mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]):
+    """``(missing, unexpected, wrong_shape)`` keys of ``state`` against ``target``.
+
+    A BN's ``num_batches_tracked`` is optional (older checkpoints lack it; eval ignores it).
+    """
+    missing = [k for k in target if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
+    unexpected = [k for k in state if k not in target]
+    wrong_shape = [f'{k} (checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)})'
+                   for k, v in state.items() if k in target and v.shape != target[k].shape]
+    return missing, unexpected, wrong_shape
+
+
+def describe_mismatch(missing, unexpected, wrong_shape, limit: int = 12) -> list[str]:
+    """One line per non-empty kind of mismatch, listing up to ``limit`` keys."""
+    lines = []
+    for title, keys in (('missing in checkpoint', missing),
+                        ('unexpected in checkpoint', unexpected),
+                        ('wrong shape', wrong_shape)):
+        if keys:
+            shown = ', '.join(keys[:limit])
+            if len(keys) > limit:
+                shown += f', ... ({len(keys)} in all)'
+            lines.append(f'{title} ({len(keys)}): {shown}')
+    return lines
+
+
 def _mismatch_message(name, report, arch_hint) -> str:
     lines = [f'{name} ({report.layout} layout) does not match the model:']
-    for title, keys in (('missing in checkpoint', report.missing),
-                        ('unexpected in checkpoint', report.unexpected),
-                        ('wrong shape', report.mismatched)):
-        if keys:
-            shown = ', '.join(keys[:12]) + (f', ... ({len(keys)} in all)' if len(keys) > 12 else '')
-            lines.append(f'  {title} ({len(keys)}): {shown}')
+    lines += ['  ' + line for line in describe_mismatch(report.missing, report.unexpected,
+                                                          report.mismatched)]
     if arch_hint:
         lines.append(f'  the checkpoint looks like RepVGG-{arch_hint}')
     return '\n'.join(lines)
@@ -225,13 +247,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
         report.dropped = [k for k in state if k.startswith(CLASSIFIER + '.')]
         for key in report.dropped:
             del state[key]
-    for key, value in target.items():
-        if key.endswith(OPTIONAL_SUFFIX) and key not in state:
-            state[key] = value
-    report.missing = [k for k in target if k not in state]
-    report.unexpected += [k for k in state if k not in target]
-    report.mismatched = [f'{k} (checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)})'
-                         for k, v in state.items() if k in target and v.shape != target[k].shape]
+    missing, unexpected, report.mismatched = key_mismatch(state, target)
+    report.missing = missing
+    report.unexpected += unexpected
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise CheckpointMismatchError(_mismatch_message(name, report, guess_arch(state)))
     loadable = {k: v for k, v in state.items() if k in target and v.shape == target[k].shape}

@@ -20,6 +20,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from ..checkpoint.loader import describe_mismatch, key_mismatch
 from .backbone import RepVGGBackbone
 
 #: BN types that need a process group; on CPU or in one process they become plain BN.
@@ -214,15 +215,8 @@ def load_segmentor_weights(model: nn.Module, checkpoint, loaded: Optional[tuple]
                 'with.' + _fused_mismatch_hint(backbone, backbone_state)) from None
     target = {k: v for k, v in segmentor.state_dict().items()
               if not (isinstance(backbone, RepVGGBackbone) and k.startswith('backbone.'))}
-    missing = [k for k in target if k not in rest and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in rest if k not in target]
-    wrong = [f'{k} (checkpoint {tuple(v.shape)}, model {tuple(target[k].shape)})'
-             for k, v in rest.items() if k in target and v.shape != target[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f'{title} ({len(keys)}): {", ".join(keys[:6])}{" ..." if len(keys) > 6 else ""}'
-                 for title, keys in (('missing in checkpoint', missing),
-                                     ('unexpected in checkpoint', unexpected),
-                                     ('wrong shape', wrong)) if keys]
+    parts = describe_mismatch(*key_mismatch(rest, target), limit=6)
+    if parts:
         raise CheckpointError(f"checkpoint '{checkpoint}' does not fit the model of the "
                               f"config: {'; '.join(parts)}. Test with the config the "
                               'checkpoint was trained with.')
