@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from ..analysis import count_params
 from .arch import ARCH_SETTINGS
 from .reparam import reparameterize
 from .repvgg import create_model
@@ -42,10 +43,6 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @torch.no_grad()
 def check_arch(arch: str, size: int = 64, seed: int = 0) -> ArchCheck:
     """Build ``arch``, fuse it, and compare outputs in eval mode (float32)."""
@@ -55,7 +52,7 @@ def check_arch(arch: str, size: int = 64, seed: int = 0) -> ArchCheck:
     expected = model(image)
     fused = reparameterize(model, inplace=True)
     diff = (fused(image) - expected).abs().max().item()
-    return ArchCheck(arch, count_parameters(create_model(arch)), count_parameters(fused), diff,
+    return ArchCheck(arch, count_params(create_model(arch)), count_params(fused), diff,
                      expected.abs().max().item(), time.perf_counter() - start)
 
 
