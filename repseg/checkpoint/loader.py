@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
+from ..errors import UserError
 from ..models.arch import ARCH_SETTINGS
 from ..models.block import RepVGGBlock
 from ..models.fusion import BatchNormStats, fold_batch_norm, identity_kernel, sum_branches
@@ -21,7 +22,7 @@ WRAPPER_KEYS = ('state_dict', 'model')
 OPTIONAL_SUFFIX = 'num_batches_tracked'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 

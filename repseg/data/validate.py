@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import cityscapes_layout as layout
+from ..errors import UserError
 
 _HOW_TO_GET_DATA = (
     'Download Cityscapes and run `python tools/prepare_cityscapes.py '
@@ -22,7 +23,7 @@ _HOW_TO_GET_DATA = (
     '`python tools/train.py configs/demo/pspnet_repvgg_a0_toycity.py` (as `make demo` does).')
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset on disk is not what training expects."""
 
 

@@ -12,6 +12,7 @@ from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_checkpoint
+from ..errors import UserError
 from ..models.arch import canonical_arch_name, get_arch
 from ..models.block import RepVGGBlock
 from ..models.dilation import plan_strides_and_dilations
@@ -26,7 +27,7 @@ PRETRAINED_HELP = (
     "--cfg-options model.backbone.init_cfg=None.")
 
 
-class PretrainedNotFoundError(FileNotFoundError):
+class PretrainedNotFoundError(UserError, FileNotFoundError):
     """The backbone's ``Pretrained`` checkpoint file does not exist."""
 
 

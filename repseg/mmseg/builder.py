@@ -21,6 +21,7 @@ from mmseg.utils import register_all_modules
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from ..checkpoint.loader import describe_mismatch, key_mismatch
+from ..errors import UserError
 from .backbone import RepVGGBackbone
 
 #: BN types that need a process group; on CPU or in one process they become plain BN.
@@ -41,7 +42,7 @@ RUNNER_KEYS = frozenset({
 ConfigLike = Union[str, os.PathLike, Config]
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(UserError, KeyError):
     """A ``--cfg-options`` key that does not fit the config (likely a typo)."""
 
     def __str__(self):  # KeyError would quote the whole message

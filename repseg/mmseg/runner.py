@@ -34,9 +34,10 @@ from mmengine.logging import print_log
 
 from ..checkpoint import CheckpointError
 from ..data.validate import DatasetError, check_cityscapes_split
+from ..errors import UserError
 from ..models.arch import canonical_arch_name
 from .backbone import PretrainedNotFoundError, RepVGGBackbone, check_pretrained_exists
-from .builder import (ConfigKeyError, load_config, load_segmentor_weights,
+from .builder import (load_config, load_segmentor_weights,
                       read_segmentor_checkpoint, segmentor_of, use_plain_bn)
 from .ddp import DeviceAwareDDP
 from .hooks import AtomicCheckpointHook, CityscapesLabelIdsHook, PerClassIoUMetric
@@ -54,13 +55,12 @@ HELPER_CFG_KEYS = ('norm_cfg', 'act_cfg', 'conv_cfg', 'init_cfg', 'train_cfg', '
 _run_ids = itertools.count()
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError, ValueError):
     """A run that cannot work as configured; the message says why and what to do."""
 
 
 #: Errors that are the user's to fix: tools print their message and exit with status 2.
-USER_ERRORS = (PreflightError, DatasetError, PretrainedNotFoundError, CheckpointError,
-               ConfigKeyError, FileNotFoundError)
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 @contextlib.contextmanager
