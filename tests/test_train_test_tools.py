@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from repseg.data.cityscapes_layout import train_id_to_label_id_lut
 from repseg.data.toy_city import make_toy_cityscapes
-from repseg.mmseg.hooks import train_id_to_label_id_lut
 from repseg.mmseg import runner as runner_module
 from repseg.mmseg.runner import prepare_config, run_test, run_train
 

@@ -90,17 +90,6 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(path)
 
 
-def train_id_to_label_id_lut() -> np.ndarray:
-    """A 256-entry uint8 table mapping trainIds 0-18 to Cityscapes labelIds (others to 0,
-    'unlabeled'), from cityscapesscripts' official label table."""
-    from cityscapesscripts.helpers.labels import trainId2label
-
-    lut = np.zeros(256, np.uint8)
-    for train_id in range(layout.NUM_CLASSES):
-        lut[train_id] = trainId2label[train_id].id
-    return lut
-
-
 def labelids_name(img_path: str) -> str:
     """``frankfurt_000000_000294_leftImg8bit.png`` -> ``frankfurt_000000_000294_labelIds.png``
     (the name cityscapesscripts' evaluation matches by ``<city>_<seq>_<frame>``)."""
@@ -117,14 +106,15 @@ class CityscapesLabelIdsHook(Hook):
     """Write every test prediction to ``out_dir`` as a Cityscapes ``*_labelIds.png``.
 
     Predictions are trainIds (0-18); the official evaluation reads labelIds, so each is
-    mapped through :func:`train_id_to_label_id_lut`. Each rank writes its own images.
+    mapped through :func:`repseg.data.cityscapes_layout.train_id_to_label_id_lut`. Each
+    rank writes its own images.
     """
 
     priority = 'NORMAL'
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
-        self.lut = train_id_to_label_id_lut()
+        self.lut = layout.train_id_to_label_id_lut()
         self.written = 0
 
     def before_test(self, runner) -> None:
