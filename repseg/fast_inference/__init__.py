@@ -1,0 +1,27 @@
+"""Fast segmentation inference on fixed-size batches: optional speed paths behind one set
+of options, with a report of which took effect and why not.
+
+    model = build_benchmark_segmentor('configs/pspnet_repvgg_b2.py', device='cuda')
+    prepare_for_inference(model, fp16=True, channels_last=True)   # fuse, cast, fast pooling
+    predictor = SegmentationPredictor(model, inputs, SpeedOptions.all())
+    labels = predictor(inputs)              # N x H x W int64, mmseg's 'whole' predict path
+    print(predictor.report.summary())       # requested X, got Y because Z
+
+Options (:class:`SpeedOptions`), independent of each other, each falling back to the plain
+path with the reason kept where it cannot run:
+
+- ``conv_relu`` (:mod:`.conv_relu`): conv + bias + ReLU in one cuDNN call for every fused
+  RepVGG block and conv-BN-ReLU ``ConvModule``; changes the model in place (so
+  ``model.predict`` gains too); CUDA only, the plain path elsewhere.
+- ``resize_argmax`` (:mod:`.resize_argmax`): the final resize and arg-max as one compiled
+  kernel that never writes the full-size logits.
+- ``cuda_graph`` (:mod:`.cuda_graph`): one call captured for the example's shape and
+  replayed (CUDA only; other shapes run without the graph).
+- ``compile_model``: ``torch.compile`` of the whole labels function (opt-in: compiling a
+  big model takes minutes; it subsumes ``resize_argmax``).
+
+:mod:`.variants` times them side by side for one config (``tools/speed_variants.py``).
+"""
+from .predictor import Outcome, SegmentationPredictor, SpeedOptions, SpeedReport
+
+__all__ = ['Outcome', 'SegmentationPredictor', 'SpeedOptions', 'SpeedReport']

@@ -1,0 +1,265 @@
+"""The speed paths of repseg.fast_inference.
+
+CPU: every path that can run or fall back on CPU (conv+ReLU modules on their plain path,
+the compiled resize + arg-max, fallbacks when an op or a compiler fails, reports).
+CUDA (marker ``cuda``, skipped without a GPU): cuDNN conv+ReLU against the plain path,
+CUDA graph replay against eager calls, the compiled resize + arg-max on the GPU.
+Oracles: the unmodified model (mmseg's own predict path), float64 resizes, direct
+``F.conv2d``.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+
+from repseg.fast_inference import SegmentationPredictor, SpeedOptions
+from repseg.fast_inference import conv_relu as conv_relu_module
+from repseg.fast_inference.conv_relu import ConvBNReLU, Conv2dReLU, use_conv_relu
+from repseg.fast_inference.resize_argmax import FusedResizeArgmax, resize_argmax
+from repseg.inference import prepare_for_inference
+from repseg.models.block import RepVGGBlock
+from tiny_models import tiny_segmentor
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+
+@pytest.fixture(scope='module')
+def fused_tiny():
+    """The tiny PSPNet-A0, re-parameterized, eval mode, float32 (copy before changing)."""
+    return prepare_for_inference(tiny_segmentor(seed=3), fuse=True)
+
+
+def mmseg_labels(model, inputs):
+    """Labels of mmseg's own predict path (the oracle every predictor must match)."""
+    with torch.no_grad():
+        return torch.stack([s.pred_sem_seg.data[0] for s in model.predict(inputs)])
+
+
+def smooth_inputs(batch, height, width, seed=0, device='cpu'):
+    """A normalized batch with image-like structure (smooth blobs, not pixel noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, 3, height // 8, width // 8, generator=generator)
+    fine = F.interpolate(coarse, size=(height, width), mode='bilinear', align_corners=False)
+    return (fine + 0.1 * torch.randn(fine.shape, generator=generator)).to(device)
+
+
+def test_predictor_without_options_equals_mmseg_predict(fused_tiny):
+    inputs = smooth_inputs(2, 64, 96)
+    predictor = SegmentationPredictor(copy.deepcopy(fused_tiny), inputs)
+    labels = predictor(inputs)
+    expected = mmseg_labels(fused_tiny, inputs)
+    assert labels.dtype == torch.int64 and labels.shape == (2, 64, 96)
+    assert expected.unique().numel() > 5  # varied predictions, not one class
+    assert torch.equal(labels, expected)
+    assert predictor.report.summary() == 'no speed options requested'
+
+
+def test_conv_relu_modules_keep_outputs_and_state_dict(fused_tiny):
+    """On CPU the converted modules run F.conv2d + ReLU: the RepVGG blocks exactly, the
+    heads up to the BN fold's rounding (float64 here); the state dict keeps its keys and
+    loads into an unconverted model with the same outputs."""
+    reference = copy.deepcopy(fused_tiny).double()
+    model = copy.deepcopy(reference)
+    change = use_conv_relu(model)
+    blocks = [m for m in reference.modules() if isinstance(m, RepVGGBlock)]
+    conv_modules = [m for m in reference.modules() if isinstance(m, ConvModule)]
+    assert (change.blocks, change.conv_modules, change.skipped) == \
+        (len(blocks), len(conv_modules), {})
+    assert sum(isinstance(m, Conv2dReLU) for m in model.modules()) == len(blocks)
+    assert sum(isinstance(m, ConvBNReLU) for m in model.modules()) == len(conv_modules)
+
+    x = smooth_inputs(1, 64, 96).double()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model.backbone(x), reference.backbone(x)))
+        logits, expected = model(x, mode='tensor'), reference(x, mode='tensor')
+        torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+
+        state = model.state_dict()
+        assert list(state) == list(reference.state_dict())
+        plain = copy.deepcopy(fused_tiny).double()
+        plain.load_state_dict(state)
+        torch.testing.assert_close(plain(x, mode='tensor'), expected, rtol=1e-10, atol=1e-10)
+    assert use_conv_relu(model).blocks == 0  # idempotent: nothing left to convert
+
+
+def test_conv_relu_leaves_unfused_blocks_and_training_bn_alone():
+    model = tiny_segmentor(seed=1)
+    model.decode_head.bottleneck.train()
+    change = use_conv_relu(model)
+    assert change.blocks == 0 and change.conv_modules == 5  # 4 PPM + auxiliary head
+    assert change.skipped['decode_head.bottleneck'] == 'BN in training mode'
+    assert '22 x RepVGG block not re-parameterized' in change.describe()
+
+
+def test_conv_relu_falls_back_when_the_cudnn_op_fails(fused_tiny, monkeypatch):
+    """A failing fused op (as where cuDNN rejects a layer) leaves the plain path's output
+    and records the error; later calls do not retry it."""
+    model = copy.deepcopy(fused_tiny)
+    use_conv_relu(model)
+    conv = model.backbone.stages[1][0].fused
+    calls = []
+
+    def failing_op(*args):
+        calls.append(args)
+        raise RuntimeError('cuDNN error: CUDNN_STATUS_NOT_SUPPORTED\nmore text')
+
+    monkeypatch.setattr(torch, 'cudnn_convolution_relu', failing_op)
+    monkeypatch.setattr(conv_relu_module, '_takes_cudnn', lambda module, x: module.use_cudnn)
+    x = torch.randn(1, conv.in_channels, 12, 16)
+    expected = torch.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                                   conv.dilation, conv.groups))
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
+    assert len(calls) == 1 and not conv.use_cudnn
+    assert conv.cudnn_error == 'RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED'
+
+
+def test_options_that_need_cuda_are_reported_not_applied_on_cpu(fused_tiny):
+    inputs = smooth_inputs(1, 64, 96, seed=1)
+    predictor = SegmentationPredictor(copy.deepcopy(fused_tiny), inputs,
+                                      SpeedOptions(conv_relu=True, cuda_graph=True))
+    assert torch.equal(predictor(inputs), mmseg_labels(fused_tiny, inputs))
+    report = predictor.report
+    assert not report.applied('conv_relu') and not report.applied('cuda_graph')
+    assert 'CUDA only' in report.outcomes['conv_relu'].detail
+    assert 'converted 22 RepVGG blocks, 6 conv-BN-ReLU modules' in \
+        report.outcomes['conv_relu'].detail
+    assert report.to_dict()['cuda_graph'] == dict(
+        applied=False, detail='inputs on cpu, CUDA graphs need CUDA')
+
+
+def test_compiler_failures_fall_back_to_eager(fused_tiny, monkeypatch):
+    """Without a working compiler, both compiled paths report why and stay eager."""
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError('InductorError: no C++ compiler found')
+        return call
+
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    inputs = smooth_inputs(1, 64, 96, seed=2)
+    expected = mmseg_labels(fused_tiny, inputs)
+    for options in (SpeedOptions(resize_argmax=True), SpeedOptions(compile_model=True)):
+        predictor = SegmentationPredictor(copy.deepcopy(fused_tiny), inputs, options)
+        assert torch.equal(predictor(inputs), expected)
+        name = options.names()[0]
+        assert not predictor.report.applied(name)
+        assert 'no C++ compiler found' in predictor.report.outcomes[name].detail
+
+
+def top2_margin(logits64, size):
+    """Per-pixel gap between the two largest classes of the float64 resized logits."""
+    resized = F.interpolate(logits64, size=size, mode='bilinear', align_corners=False)
+    top2 = resized.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_resize_argmax_matches_eager_on_a_real_size_map(dtype):
+    """19 classes at 128x256 (PSPNet's logits of a 1024x2048 frame) to 1024x2048: the
+    compiled kernel agrees with eager on >= 99.99% of pixels and on every pixel whose two
+    best classes differ by more than 1e-3."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(1, 19, 128, 256, generator=generator, dtype=torch.float64)
+    size = (1024, 2048)
+    fused = FusedResizeArgmax()
+    labels = fused(logits.to(dtype), size)
+    assert fused.compiled, fused.error
+    eager = resize_argmax(logits.to(dtype), size)
+    assert labels.shape == (1, *size) and labels.dtype == torch.int64
+    assert (labels == eager).double().mean() >= 0.9999
+    clear = top2_margin(logits, size) > 1e-3
+    assert torch.equal(labels[clear], eager[clear])
+
+
+# ---------------------------------------------------------------------------------- CUDA
+
+@pytest.fixture
+def no_tf32():
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_cudnn_conv_relu_matches_plain_path_fp32(fused_tiny, no_tf32):
+    reference = copy.deepcopy(fused_tiny).cuda()
+    inputs = smooth_inputs(1, 256, 512, device='cuda')
+    predictor = SegmentationPredictor(copy.deepcopy(reference), inputs,
+                                      SpeedOptions(conv_relu=True))
+    assert predictor.report.applied('conv_relu'), predictor.report.summary()
+    assert 'all run cudnn_convolution_relu' in predictor.report.outcomes['conv_relu'].detail
+    with torch.no_grad():
+        logits = predictor.model(inputs, mode='tensor')
+        expected = reference(inputs, mode='tensor')
+    scale = expected.abs().max()
+    torch.testing.assert_close(logits / scale, expected / scale, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_cudnn_conv_relu_fp16_channels_last_pixel_agreement(fused_tiny):
+    plain = prepare_for_inference(copy.deepcopy(fused_tiny).cuda(), fp16=True,
+                                  channels_last=True)
+    inputs = smooth_inputs(1, 1024, 2048, device='cuda')
+    predictor = SegmentationPredictor(copy.deepcopy(plain), inputs,
+                                      SpeedOptions(conv_relu=True))
+    assert predictor.report.applied('conv_relu'), predictor.report.summary()
+    labels, expected = predictor(inputs), mmseg_labels(plain, inputs)
+    assert expected.unique().numel() > 5
+    assert (labels == expected).float().mean() >= 0.995
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_graph_replay_equals_eager_calls(fused_tiny):
+    model = prepare_for_inference(copy.deepcopy(fused_tiny).cuda(), fp16=True,
+                                  channels_last=True)
+    example = smooth_inputs(1, 256, 512, seed=0, device='cuda')
+    other = smooth_inputs(1, 256, 512, seed=1, device='cuda')
+    eager = SegmentationPredictor(copy.deepcopy(model), example)
+    graphed = SegmentationPredictor(model, example, SpeedOptions(cuda_graph=True))
+    assert graphed.report.applied('cuda_graph'), graphed.report.summary()
+    first, second = graphed(other), graphed(example)
+    assert torch.equal(first, eager(other)) and torch.equal(second, eager(example))
+    assert not torch.equal(first, second)  # a replay does not overwrite earlier results
+    bigger = smooth_inputs(1, 256, 640, device='cuda')  # another shape: runs eager
+    assert torch.equal(graphed(bigger), eager(bigger))
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_cuda_fused_resize_argmax_agreement(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(1, 19, 128, 256, generator=generator, dtype=torch.float64)
+    size = (1024, 2048)
+    low = logits.to(dtype).cuda().contiguous(memory_format=torch.channels_last)
+    fused = FusedResizeArgmax()
+    labels = fused(low, size).cpu()
+    assert fused.compiled, fused.error
+    oracle = resize_argmax(low.double(), size).cpu()  # float64 from the same rounded logits
+    assert (labels == oracle).double().mean() >= 0.9999
+    clear = top2_margin(low.double().cpu(), size) > 1e-3
+    assert torch.equal(labels[clear], oracle[clear])
+    eager = resize_argmax(low, size).cpu()
+    assert (labels == eager).double().mean() >= (0.9999 if dtype == torch.float32 else 0.999)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_all_options_agree_with_mmseg_predict(fused_tiny):
+    model = prepare_for_inference(copy.deepcopy(fused_tiny).cuda(), fp16=True,
+                                  channels_last=True)
+    inputs = smooth_inputs(1, 512, 1024, device='cuda')
+    expected = mmseg_labels(model, inputs)
+    predictor = SegmentationPredictor(copy.deepcopy(model), inputs, SpeedOptions.all())
+    for name in ('conv_relu', 'resize_argmax', 'cuda_graph'):
+        assert predictor.report.applied(name), predictor.report.summary()
+    assert (predictor(inputs) == expected).float().mean() >= 0.995
