@@ -8,6 +8,7 @@ Oracles: the unmodified model (mmseg's own predict path), float64 resizes, direc
 ``F.conv2d``.
 """
 import copy
+import json
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from repseg.fast_inference.conv_relu import ConvBNReLU, Conv2dReLU, use_conv_rel
 from repseg.fast_inference.resize_argmax import FusedResizeArgmax, resize_argmax
 from repseg.inference import prepare_for_inference
 from repseg.models.block import RepVGGBlock
-from tiny_models import tiny_segmentor
+from tiny_models import TINY_CONFIG, load_tool, tiny_segmentor
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -174,6 +175,34 @@ def test_fused_resize_argmax_matches_eager_on_a_real_size_map(dtype):
     assert (labels == eager).double().mean() >= 0.9999
     clear = top2_margin(logits, size) > 1e-3
     assert torch.equal(labels[clear], eager[clear])
+
+
+def test_speed_variants_tool_times_each_path_against_the_fp32_reference(tmp_path, capsys):
+    tool = load_tool('speed_variants')
+    out = tmp_path / 'variants.json'
+    tool.main([str(TINY_CONFIG), '--shape', '64', '96', '--device', 'cpu', '--dtype', 'fp32',
+               '--warmup', '0', '--iters', '1', '--rounds', '2', '--json', str(out),
+               '--variants', 'mmseg predict', 'predictor', '+conv_relu', '+cuda_graph'])
+    result = json.loads(out.read_text())
+    records = {r['name']: r for r in result['records']}
+    assert list(records) == ['mmseg predict', 'predictor', '+conv_relu', '+cuda_graph']
+    assert result['reference_classes'] > 2  # BN calibration: varied predictions
+    # fused fp32 NCHW is the reference itself: identical labels; the BN fold rounds
+    assert records['mmseg predict']['agreement'] == records['predictor']['agreement'] == 1
+    assert records['+conv_relu']['agreement'] >= 0.999
+    assert records['+cuda_graph']['outcomes'] == {'cuda_graph': dict(
+        applied=False, detail='inputs on cpu, CUDA graphs need CUDA')}
+    assert all(r['fps'] > 0 and r['speedup'] > 0 for r in records.values())
+    printed = capsys.readouterr().out
+    assert '| +conv_relu |' in printed and 'Options that did not take effect' in printed
+
+
+def test_speed_variants_tool_refuses_unknown_variants(capsys):
+    tool = load_tool('speed_variants')
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([str(TINY_CONFIG), '--device', 'cpu', '--variants', 'turbo'])
+    assert exit_info.value.code == 2
+    assert "unknown variants ['turbo']" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- CUDA
