@@ -2,7 +2,8 @@
 
 CPU: every path that can run or fall back on CPU (conv+ReLU modules on their plain path,
 the compiled resize + arg-max, fallbacks when an op or a compiler fails, reports).
-CUDA (marker ``cuda``, skipped without a GPU): cuDNN conv+ReLU against the plain path,
+CUDA (marker ``cuda``, skipped without a GPU): cuDNN conv+ReLU (and conv+add+ReLU of the
+factored PSP head) against the plain path,
 CUDA graph replay against eager calls, the compiled resize + arg-max on the GPU.
 Oracles: the unmodified model (mmseg's own predict path), float64 resizes, direct
 ``F.conv2d``.
@@ -19,6 +20,7 @@ from mmcv.cnn import ConvModule
 from repseg.fast_inference import SegmentationPredictor, SpeedOptions
 from repseg.fast_inference import conv_relu as conv_relu_module
 from repseg.fast_inference.conv_relu import ConvBNReLU, Conv2dReLU, use_conv_relu
+from repseg.fast_inference.psp_head import interpolation_matrix, use_factored_psp_head
 from repseg.fast_inference.resize_argmax import FusedResizeArgmax, resize_argmax
 from repseg.inference import prepare_for_inference
 from repseg.models.block import RepVGGBlock
@@ -120,13 +122,47 @@ def test_conv_relu_falls_back_when_the_cudnn_op_fails(fused_tiny, monkeypatch):
     assert conv.cudnn_error == 'RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED'
 
 
+@pytest.mark.parametrize('length, bins, align_corners',
+                         [(128, 6, False), (37, 3, False), (20, 1, False), (33, 6, True),
+                          (5, 2, True)])
+def test_interpolation_matrix_is_what_f_interpolate_computes(length, bins, align_corners):
+    y = torch.randn(4, bins, dtype=torch.float64)
+    expected = F.interpolate(y[None], size=length, mode='linear', align_corners=align_corners)
+    torch.testing.assert_close(interpolation_matrix(length, bins, align_corners) @ y.T,
+                               expected[0].T, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize('channels_last, fast_pooling', [(False, False), (True, True)])
+def test_factored_psp_head_equals_the_original_head(fused_tiny, channels_last, fast_pooling):
+    """float64, odd sizes: the bottleneck without upsampled bins is the same function;
+    state-dict keys unchanged, and the state dict loads into an unmodified model."""
+    def prepared():
+        return prepare_for_inference(copy.deepcopy(fused_tiny).double(), fuse=True,
+                                     channels_last=channels_last, fast_pooling=fast_pooling)
+
+    reference, model, plain = prepared(), prepared(), prepared()
+    assert use_factored_psp_head(model) == {'decode_head': None}
+    assert type(model.decode_head).__name__ == 'FactoredPSPHead'
+    x = smooth_inputs(1, 72, 104).double()
+    with torch.no_grad():
+        expected = reference(x, mode='tensor')
+        torch.testing.assert_close(model(x, mode='tensor'), expected, rtol=1e-12, atol=1e-12)
+        assert list(model.state_dict()) == list(reference.state_dict())
+        plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(plain(x, mode='tensor'), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_options_that_need_cuda_are_reported_not_applied_on_cpu(fused_tiny):
     inputs = smooth_inputs(1, 64, 96, seed=1)
-    predictor = SegmentationPredictor(copy.deepcopy(fused_tiny), inputs,
-                                      SpeedOptions(conv_relu=True, cuda_graph=True))
-    assert torch.equal(predictor(inputs), mmseg_labels(fused_tiny, inputs))
+    predictor = SegmentationPredictor(
+        copy.deepcopy(fused_tiny), inputs,
+        SpeedOptions(conv_relu=True, factored_psp=True, cuda_graph=True))
+    labels = predictor(inputs)
+    assert (labels == mmseg_labels(fused_tiny, inputs)).double().mean() >= 0.999
     report = predictor.report
+    assert list(report.outcomes) == ['conv_relu', 'factored_psp', 'cuda_graph']
     assert not report.applied('conv_relu') and not report.applied('cuda_graph')
+    assert report.applied('factored_psp')  # runs on CPU too (without the cuDNN epilogue)
     assert 'CUDA only' in report.outcomes['conv_relu'].detail
     assert 'converted 22 RepVGG blocks, 6 conv-BN-ReLU modules' in \
         report.outcomes['conv_relu'].detail
@@ -221,8 +257,9 @@ def test_cuda_cudnn_conv_relu_matches_plain_path_fp32(fused_tiny, no_tf32):
     reference = copy.deepcopy(fused_tiny).cuda()
     inputs = smooth_inputs(1, 256, 512, device='cuda')
     predictor = SegmentationPredictor(copy.deepcopy(reference), inputs,
-                                      SpeedOptions(conv_relu=True))
+                                      SpeedOptions(conv_relu=True, factored_psp=True))
     assert predictor.report.applied('conv_relu'), predictor.report.summary()
+    assert predictor.report.applied('factored_psp'), predictor.report.summary()
     assert 'all run cudnn_convolution_relu' in predictor.report.outcomes['conv_relu'].detail
     with torch.no_grad():
         logits = predictor.model(inputs, mode='tensor')
@@ -289,6 +326,6 @@ def test_cuda_all_options_agree_with_mmseg_predict(fused_tiny):
     inputs = smooth_inputs(1, 512, 1024, device='cuda')
     expected = mmseg_labels(model, inputs)
     predictor = SegmentationPredictor(copy.deepcopy(model), inputs, SpeedOptions.all())
-    for name in ('conv_relu', 'resize_argmax', 'cuda_graph'):
+    for name in ('conv_relu', 'factored_psp', 'resize_argmax', 'cuda_graph'):
         assert predictor.report.applied(name), predictor.report.summary()
     assert (predictor(inputs) == expected).float().mean() >= 0.995

@@ -13,6 +13,10 @@ path with the reason kept where it cannot run:
 - ``conv_relu`` (:mod:`.conv_relu`): conv + bias + ReLU in one cuDNN call for every fused
   RepVGG block and conv-BN-ReLU ``ConvModule``; changes the model in place (so
   ``model.predict`` gains too); CUDA only, the plain path elsewhere.
+- ``factored_psp`` (:mod:`.psp_head`): PSP's bottleneck conv over the feature map only,
+  the pooled pyramid's share computed at bin resolution with two small matmuls (no
+  upsampled bins, no concatenation); with ``conv_relu`` its conv, add, bias and ReLU are
+  one cuDNN call.
 - ``resize_argmax`` (:mod:`.resize_argmax`): the final resize and arg-max as one compiled
   kernel that never writes the full-size logits.
 - ``cuda_graph`` (:mod:`.cuda_graph`): one call captured for the example's shape and

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -76,24 +76,39 @@ class _ConvReLUCall:
 
     def _conv_relu(self, x: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor) -> torch.Tensor:
+        """``relu(conv2d(x, weight) + bias)``."""
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        return self._fused_or_plain(
+            x, weight,
+            lambda: torch.cudnn_convolution_relu(x, weight, bias, *geometry),
+            lambda: torch.relu_(F.conv2d(x, weight, bias, *geometry)))
+
+    def _conv_add_relu(self, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
+                       bias: torch.Tensor) -> torch.Tensor:
+        """``relu(conv2d(x, weight) + z + bias)`` (``z`` shaped like the output)."""
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        return self._fused_or_plain(
+            x, weight,
+            lambda: torch.cudnn_convolution_add_relu(x, weight, z, 1.0, bias, *geometry),
+            lambda: torch.relu_(F.conv2d(x, weight, bias, *geometry).add_(z)))
+
+    def _fused_or_plain(self, x: torch.Tensor, weight: torch.Tensor,
+                        fused: Callable[[], torch.Tensor],
+                        plain: Callable[[], torch.Tensor]) -> torch.Tensor:
         if _takes_cudnn(self, x):
             if self.cudnn_verified:
-                return torch.cudnn_convolution_relu(x, weight, bias, self.stride,
-                                                    self.padding, self.dilation, self.groups)
+                return fused()
             try:
-                out = torch.cudnn_convolution_relu(x, weight, bias, self.stride,
-                                                   self.padding, self.dilation, self.groups)
+                out = fused()
             except RuntimeError as error:
                 self.use_cudnn = False
                 self.cudnn_error = error_summary(error)
-                print_log(f'cudnn_convolution_relu failed for {tuple(weight.shape)} '
-                          f'{x.dtype}, using conv + ReLU: {self.cudnn_error}',
-                          logger='current', level=30)
+                print_log(f'fused cuDNN conv failed for {tuple(weight.shape)} {x.dtype}, '
+                          f'using conv + ReLU: {self.cudnn_error}', logger='current', level=30)
             else:
                 self.cudnn_verified = True
                 return out
-        return torch.relu_(F.conv2d(x, weight, bias, self.stride, self.padding,
-                                    self.dilation, self.groups))
+        return plain()
 
 
 class Conv2dReLU(nn.Conv2d, _ConvReLUCall):

@@ -22,6 +22,7 @@ import torch.nn as nn
 from .fallback import error_summary
 from .conv_relu import conv_relu_modules, cudnn_conv_relu_unavailable, use_conv_relu
 from .cuda_graph import CudaGraphCall
+from .psp_head import use_factored_psp_head
 from .resize_argmax import FusedResizeArgmax, resize_argmax
 
 
@@ -30,6 +31,7 @@ class SpeedOptions:
     """Which speed paths to take (see the module doc); all off by default."""
 
     conv_relu: bool = False
+    factored_psp: bool = False
     resize_argmax: bool = False
     cuda_graph: bool = False
     compile_model: bool = False
@@ -37,7 +39,7 @@ class SpeedOptions:
     @classmethod
     def all(cls, compile_model: bool = False) -> 'SpeedOptions':
         """Every option, ``compile_model`` only if asked (it takes minutes)."""
-        return cls(conv_relu=True, resize_argmax=True, cuda_graph=True,
+        return cls(conv_relu=True, factored_psp=True, resize_argmax=True, cuda_graph=True,
                    compile_model=compile_model)
 
     def names(self) -> list[str]:
@@ -95,6 +97,16 @@ def _conv_relu_outcome(model: nn.Module, device: torch.device, change) -> Outcom
     return Outcome(True, f'converted {counts}; all run cudnn_convolution_relu')
 
 
+def _factored_psp_outcome(heads: dict) -> Outcome:
+    if not heads:
+        return Outcome(False, 'no PSPHead in the model')
+    refused = {name: why for name, why in heads.items() if why is not None}
+    if refused:
+        name, why = next(iter(refused.items()))
+        return Outcome(len(refused) < len(heads), f'{name} left as it is: {why}')
+    return Outcome(True, 'bottleneck over the feature map only, pyramid term as matmuls')
+
+
 class SegmentationPredictor:
     """``labels = predictor(inputs)`` for a prepared mmseg segmentor (see the module doc).
 
@@ -116,8 +128,12 @@ class SegmentationPredictor:
         self.align_corners = bool(model.decode_head.align_corners)
         self._graph: Optional[CudaGraphCall] = None
         outcomes = {}
-        change = use_conv_relu(model, cudnn_conv_relu_unavailable() is None
-                               and example.is_cuda) if options.conv_relu else None
+        use_cudnn = options.conv_relu and example.is_cuda and \
+            cudnn_conv_relu_unavailable() is None
+        change = use_conv_relu(model, use_cudnn) if options.conv_relu else None
+        if options.factored_psp:
+            outcomes['factored_psp'] = _factored_psp_outcome(
+                use_factored_psp_head(model, use_cudnn))
         self._fused_resize: Optional[FusedResizeArgmax] = None
         if options.resize_argmax and not options.compile_model:
             self._fused_resize = FusedResizeArgmax()
@@ -125,7 +141,8 @@ class SegmentationPredictor:
         with torch.inference_mode():
             self._labels(example)
         if change is not None:
-            outcomes['conv_relu'] = _conv_relu_outcome(model, example.device, change)
+            outcomes = {'conv_relu': _conv_relu_outcome(model, example.device, change),
+                        **outcomes}
         if options.compile_model:
             outcomes['compile_model'] = self._compile(example)
             if options.resize_argmax:

@@ -8,8 +8,8 @@ default). Each variant is a deep copy of that prepared model behind a different 
 - ``mmseg predict``: ``model.predict(inputs)``, what ``tools/benchmark.py`` times;
 - ``predictor``: :class:`~.SegmentationPredictor` without options (the same work minus
   mmseg's per-image ``SegDataSample`` bookkeeping);
-- ``+conv_relu``, ``+resize_argmax``, ``+cuda_graph``: one option each;
-- ``all``: the three together; with ``compile_model`` also ``+compile_model`` and
+- ``+conv_relu``, ``+factored_psp``, ``+resize_argmax``, ``+cuda_graph``: one option each;
+- ``all``: the four together; with ``compile_model`` also ``+compile_model`` and
   ``all + compile_model`` (minutes of compiling for a big model).
 
 Timing: ``rounds`` interleaved rounds over all variants, each ``warmup`` untimed and
@@ -46,6 +46,7 @@ VARIANTS = {
     'mmseg predict': None,
     'predictor': SpeedOptions(),
     '+conv_relu': SpeedOptions(conv_relu=True),
+    '+factored_psp': SpeedOptions(factored_psp=True),
     '+resize_argmax': SpeedOptions(resize_argmax=True),
     '+cuda_graph': SpeedOptions(cuda_graph=True),
     'all': SpeedOptions.all(),

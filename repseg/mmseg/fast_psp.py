@@ -164,14 +164,18 @@ class FastPPM(nn.ModuleList):
         for branch, scale in zip(self, self.pool_scales):
             branch[0] = FastAdaptiveAvgPool2d(scale)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def branch_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each branch's output before upsampling (``N x channels x b x b``)."""
         outputs = []
         for branch, pooled in zip(self, pyramid_avg_pool2d(x, self.pool_scales)):
             for layer in list(branch)[1:]:
                 pooled = layer(pooled)
-            outputs.append(resize(pooled, size=x.size()[2:], mode='bilinear',
-                                  align_corners=self.align_corners))
+            outputs.append(pooled)
         return outputs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [resize(out, size=x.size()[2:], mode='bilinear', align_corners=self.align_corners)
+                for out in self.branch_outputs(x)]
 
 
 def use_fast_pyramid_pooling(model: nn.Module) -> int:
