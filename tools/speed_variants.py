@@ -47,6 +47,7 @@ def parse_args(argv=None):
                         help='also torch.compile the whole model (minutes for big models)')
     parser.add_argument('--variants', nargs='+', metavar='NAME',
                         help=f'only these: {", ".join(map(repr, [*VARIANTS, *COMPILE_VARIANTS]))}')
+    parser.add_argument('--threads', type=int, help='CPU threads for torch (default: torch decides)')
     parser.add_argument('--json', metavar='OUT', help='write the result as JSON')
     return parser.parse_args(argv)
 
@@ -58,7 +59,8 @@ def main(argv=None):
             args.config, tuple(args.shape), args.batch, args.device,
             fp16=args.dtype == 'fp16-cl', channels_last=args.dtype == 'fp16-cl',
             warmup=args.warmup, iters=args.iters, rounds=args.rounds,
-            compile_model=args.compile, variants=args.variants, checkpoint=args.checkpoint)
+            compile_model=args.compile, variants=args.variants, checkpoint=args.checkpoint,
+            threads=args.threads)
     except (UserError, FileNotFoundError) as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)

@@ -154,7 +154,7 @@ def measure_speed_variants(config, shape: Sequence[int] = (1024, 2048), batch: i
                            rounds: int = 2, compile_model: bool = False,
                            variants: Optional[Sequence[str]] = None,
                            checkpoint=None, cfg_options: Optional[dict] = None,
-                           seed: int = 0) -> VariantsResult:
+                           seed: int = 0, threads: Optional[int] = None) -> VariantsResult:
     """Time every variant (module doc) of ``config``; ``variants`` picks some by name."""
     table = {**VARIANTS, **(COMPILE_VARIANTS if compile_model else {})}
     names = list(variants) if variants else list(table)
@@ -168,7 +168,7 @@ def measure_speed_variants(config, shape: Sequence[int] = (1024, 2048), batch: i
     if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
         raise VariantsError(f'device {device!r} asked for, but CUDA is not available here; '
                             "use device 'cpu'")
-    configure_backends(BenchmarkSettings(device=device, tf32=False))
+    configure_backends(BenchmarkSettings(device=device, tf32=False, threads=threads))
     inputs = smooth_inputs(batch, shape, device, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
