@@ -127,37 +127,37 @@ class SegmentationPredictor:
         self.model, self.options = model, options
         self.align_corners = bool(model.decode_head.align_corners)
         self._graph: Optional[CudaGraphCall] = None
-        outcomes = {}
         use_cudnn = options.conv_relu and example.is_cuda and \
             cudnn_conv_relu_unavailable() is None
         change = use_conv_relu(model, use_cudnn) if options.conv_relu else None
-        if options.factored_psp:
-            outcomes['factored_psp'] = _factored_psp_outcome(
-                use_factored_psp_head(model, use_cudnn))
+        heads = use_factored_psp_head(model, use_cudnn) if options.factored_psp else None
         self._fused_resize: Optional[FusedResizeArgmax] = None
         if options.resize_argmax and not options.compile_model:
             self._fused_resize = FusedResizeArgmax()
         self._labels_fn: Callable[[torch.Tensor], torch.Tensor] = self._labels
-        with torch.inference_mode():
+        with torch.inference_mode():  # cuDNN plans, kernels compiled, first-call fallbacks
             self._labels(example)
+
+        outcomes = {}
         if change is not None:
-            outcomes = {'conv_relu': _conv_relu_outcome(model, example.device, change),
-                        **outcomes}
+            outcomes['conv_relu'] = _conv_relu_outcome(model, example.device, change)
+        if heads is not None:
+            outcomes['factored_psp'] = _factored_psp_outcome(heads)
         if options.compile_model:
             outcomes['compile_model'] = self._compile(example)
-            if options.resize_argmax:
-                outcomes['resize_argmax'] = Outcome(
-                    outcomes['compile_model'].applied,
-                    'part of compile_model' if outcomes['compile_model'].applied
-                    else 'compile_model failed, eager resize + arg-max')
-        elif self._fused_resize is not None:
-            error = self._fused_resize.error
-            outcomes['resize_argmax'] = Outcome(
-                error is None, 'one compiled kernel' if error is None
-                else f'eager resize + arg-max: {error}')
+        if options.resize_argmax:
+            outcomes['resize_argmax'] = self._resize_outcome(outcomes.get('compile_model'))
         if options.cuda_graph:
             outcomes['cuda_graph'] = self._capture(example)
-        self.report = SpeedReport(outcomes)
+        self.report = SpeedReport({name: outcomes[name] for name in options.names()})
+
+    def _resize_outcome(self, compiled_model: Optional[Outcome]) -> Outcome:
+        if compiled_model is not None:
+            return Outcome(compiled_model.applied, 'part of compile_model' if
+                           compiled_model.applied else 'eager resize + arg-max, as the model')
+        error = self._fused_resize.error
+        return Outcome(error is None, 'one compiled kernel' if error is None
+                       else f'eager resize + arg-max: {error}')
 
     def _labels(self, inputs: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs, mode='tensor')
