@@ -74,7 +74,7 @@ class _ConvReLUCall:
         self.cudnn_verified = False
         self.cudnn_error: Optional[str] = None
 
-    def _conv_relu(self, x: torch.Tensor, weight: torch.Tensor,
+    def conv_relu(self, x: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor) -> torch.Tensor:
         """``relu(conv2d(x, weight) + bias)``."""
         geometry = (self.stride, self.padding, self.dilation, self.groups)
@@ -83,7 +83,7 @@ class _ConvReLUCall:
             lambda: torch.cudnn_convolution_relu(x, weight, bias, *geometry),
             lambda: torch.relu_(F.conv2d(x, weight, bias, *geometry)))
 
-    def _conv_add_relu(self, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
+    def conv_add_relu(self, x: torch.Tensor, weight: torch.Tensor, z: torch.Tensor,
                        bias: torch.Tensor) -> torch.Tensor:
         """``relu(conv2d(x, weight) + z + bias)`` (``z`` shaped like the output)."""
         geometry = (self.stride, self.padding, self.dilation, self.groups)
@@ -123,7 +123,7 @@ class Conv2dReLU(nn.Conv2d, _ConvReLUCall):
         self.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_relu(x, self.weight, self.bias)
+        return self.conv_relu(x, self.weight, self.bias)
 
 
 class ConvBNReLU(nn.Module, _ConvReLUCall):
@@ -146,7 +146,7 @@ class ConvBNReLU(nn.Module, _ConvReLUCall):
         return getattr(self, self.norm_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_relu(x, self.conv.weight, self.norm.bias)
+        return self.conv_relu(x, self.conv.weight, self.norm.bias)
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def _relu_follows(module: RepVGGBlock) -> bool:
     return isinstance(module.se, nn.Identity) and isinstance(module.act, nn.ReLU)
 
 
-def _why_not_foldable(module: ConvModule) -> Optional[str]:
+def why_not_foldable(module: ConvModule) -> Optional[str]:
     """Why a ConvModule is not a foldable conv -> BN -> ReLU, or None if it is."""
     conv, norm = module.conv, getattr(module, 'norm', None)
     if tuple(module.order) != ('conv', 'norm', 'act'):
@@ -232,7 +232,7 @@ def use_conv_relu(model: nn.Module, use_cudnn: bool = True) -> ConvReLUChange:
                 module.act = nn.Identity()
                 change.blocks += 1
         elif isinstance(module, ConvModule) and name:
-            reason = _why_not_foldable(module)
+            reason = why_not_foldable(module)
             if reason is not None:
                 change.skipped[name] = reason
                 continue

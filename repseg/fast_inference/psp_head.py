@@ -45,7 +45,7 @@ from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.psp_head import PSPHead
 
 from ..mmseg.fast_psp import FastPPM
-from .conv_relu import ConvBNReLU, _why_not_foldable, fold_batch_norm_into_conv_
+from .conv_relu import ConvBNReLU, fold_batch_norm_into_conv_, why_not_foldable
 
 
 def interpolation_matrix(out_length: int, in_length: int, align_corners: bool = False,
@@ -146,7 +146,7 @@ class FactoredPSPHead(PSPHead):
         weights = self.factored_bin_weights.split(self.channels, dim=1)
         term = pyramid_term(bin_maps, weights, x.shape[-2:], self.align_corners,
                             bottleneck.dilation[0], channels_last)
-        return bottleneck._conv_add_relu(x, self.factored_x_weight, term,
+        return bottleneck.conv_add_relu(x, self.factored_x_weight, term,
                                          bottleneck.norm.bias)
 
 
@@ -154,7 +154,7 @@ def _why_not_factorable(head: PSPHead) -> Optional[str]:
     """Why a PSPHead's bottleneck cannot be factored, or None if it can."""
     bottleneck = head.bottleneck
     if isinstance(bottleneck, ConvModule):
-        reason = _why_not_foldable(bottleneck)
+        reason = why_not_foldable(bottleneck)
         if reason is not None:
             return f'bottleneck: {reason}'
     elif not isinstance(bottleneck, ConvBNReLU):
