@@ -1,5 +1,7 @@
 """Shared test helpers. ``repseg`` is imported first: it supplies the ``mmcv.ops``
 stand-ins that mmseg and mmpretrain need on mmcv-lite."""
+import os
+
 import repseg  # noqa: F401
 import pytest
 import torch
@@ -32,6 +34,20 @@ def _nan_model(arch: str, **kwargs) -> nn.Module:
             if tensor.is_floating_point():
                 tensor.fill_(float('nan'))
     return model.eval()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def frame_check_cache(tmp_path_factory):
+    """The pre-flight's frame-check cache in a fresh folder (inherited by the tools the
+    tests start), so that tests neither write to ~/.cache nor see an earlier run's."""
+    path = tmp_path_factory.mktemp('repseg_cache')
+    previous = os.environ.get('REPSEG_CACHE_DIR')
+    os.environ['REPSEG_CACHE_DIR'] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop('REPSEG_CACHE_DIR', None)
+    else:
+        os.environ['REPSEG_CACHE_DIR'] = previous
 
 
 @pytest.fixture(scope='module')

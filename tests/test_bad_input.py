@@ -93,21 +93,29 @@ def test_empty_image_folder(toy):
     assert 'val_dataloader.dataset' in message
 
 
+def override_message(root, **options) -> str:
+    """The message of the overrides refused as ``prepare_config`` applies them."""
+    with pytest.raises(USER_ERRORS) as error:
+        prepare_config(DEMO_CONFIG, {**data_options(root), **options})
+    return str(error.value)
+
+
 def test_misspelt_backbone_argument(toy):
-    message = preflight_message(toy, **{'model.backbone.archh': 'B2'})
-    assert "model.backbone.archh: RepVGG has no argument 'archh'; did you mean 'arch'?" in message
+    message = override_message(toy, **{'model.backbone.archh': 'B2'})
+    assert ("--cfg-options key model.backbone.archh: RepVGG has no argument 'archh'; "
+            "did you mean 'arch'?") in message
 
 
 def test_unknown_arch(toy):
-    message = preflight_message(toy, **{'model.backbone.arch': 'B5'})
-    assert "model.backbone.arch: unknown RepVGG arch 'B5'; choose from A0, A1" in message
+    message = override_message(toy, **{'model.backbone.arch': 'B5'})
+    assert "--cfg-options key model.backbone.arch: unknown RepVGG arch 'B5'; choose from A0, A1" in message
 
 
 def test_misspelt_keys_outside_the_model(toy):
     with pytest.raises(USER_ERRORS, match="did you mean 'train_cfg'"):
         prepare_config(DEMO_CONFIG, {'train_cfgg.max_iters': 10})
-    message = preflight_message(toy, **{'train_cfg.max_iter': 10,
-                                        'default_hooks.logger.intervall': 5})
+    message = override_message(toy, **{'train_cfg.max_iter': 10,
+                                       'default_hooks.logger.intervall': 5})
     assert ("train_cfg.max_iter: IterBasedTrainLoop has no argument 'max_iter'; did you mean "
             "'max_iters'") in message
     assert "default_hooks.logger.intervall: LoggerHook has no argument 'intervall'" in message

@@ -11,7 +11,7 @@ import pytest
 
 from repseg.data.cityscapes_layout import train_id_to_label_id_lut
 from repseg.data.toy_city import make_toy_cityscapes
-from repseg.mmseg import runner as runner_module
+from repseg.mmseg import config as config_module
 from repseg.mmseg.runner import prepare_config, run_test, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_fp16_tta_and_show_dir_in_process(trained, toy_root, tmp_path):
 
 def test_cpu_config_uses_bn_gloo_ddp_and_atomic_checkpoints(tmp_path, monkeypatch):
     logged = []
-    monkeypatch.setattr(runner_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    monkeypatch.setattr(config_module, 'print_log', lambda msg, **kwargs: logged.append(msg))
     cfg = prepare_config(ROOT / 'configs/pspnet_repvgg_b2.py', work_dir=str(tmp_path),
                          launcher='pytorch')
     assert 'SyncBN' not in str(cfg.model.to_dict())

@@ -32,6 +32,9 @@ def parse_args(argv=None):
                         help='fuse RepVGG blocks and run in float16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. test_dataloader.batch_size=2')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='do not decode every frame before the run (it is cached, so '
+                             'only new or changed frames cost time); logged when skipped')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher (pytorch: started by torchrun, tools/dist_test.sh)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
@@ -44,7 +47,8 @@ def main(argv=None):
     with exit_on_user_error():
         metrics = run_test(args.config, args.checkpoint, work_dir=args.work_dir, out=args.out,
                        show_dir=args.show_dir, tta=args.tta, fp16=args.fp16,
-                       cfg_options=args.cfg_options, launcher=args.launcher)
+                       cfg_options=args.cfg_options, launcher=args.launcher,
+                       skip_data_check=args.skip_data_check)
     if 'mIoU' in metrics and get_rank() == 0:
         print('mIoU {mIoU:.2f}  mAcc {mAcc:.2f}  aAcc {aAcc:.2f}'.format(**metrics))
 

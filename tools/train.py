@@ -29,6 +29,9 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.arch=B1g2 '
                              'train_dataloader.batch_size=4')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='do not decode every frame before the run (it is cached, so '
+                             'only new or changed frames cost time); logged when skipped')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher (pytorch: started by torchrun, tools/dist_train.sh)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
@@ -40,7 +43,8 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_on_user_error():
         run_train(args.config, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
-              cfg_options=args.cfg_options, launcher=args.launcher)
+              cfg_options=args.cfg_options, launcher=args.launcher,
+              skip_data_check=args.skip_data_check)
 
 
 if __name__ == '__main__':

@@ -6,14 +6,13 @@ holding labelIds instead of trainIds train silently into a useless model.
 These checks fail at once with a message that names the file and says what
 was expected.
 """
+import os
+import tempfile
 from pathlib import Path
-
-import cv2
-import numpy as np
-from tqdm import tqdm
 
 from . import cityscapes_layout as layout
 from ..errors import UserError
+from .frame_check import FrameRules, cache_file, check_frames
 
 _HOW_TO_GET_DATA = (
     'Download Cityscapes and run `python tools/prepare_cityscapes.py '
@@ -39,13 +38,15 @@ def check_cityscapes_split(data_root, img_dir='leftImg8bit/train',
                            seg_suffix=layout.TRAIN_ID_SUFFIX,
                            num_classes=layout.NUM_CLASSES,
                            ignore_index=layout.IGNORE_INDEX, max_files=None,
-                           progress=True):
+                           progress=True, color_type='color', cache_dir=None,
+                           workers=None):
     """Check one split of a Cityscapes-style dataset.
 
     Every image must have its label (checked for all files); the first
-    ``max_files`` pairs are also decoded to check that both PNGs are
-    readable, have the same size, and that labels hold only trainIds
-    ``0..num_classes-1`` and ``ignore_index``.
+    ``max_files`` pairs are also decoded (:mod:`repseg.data.frame_check`:
+    both PNGs readable, image 3-channel, label 8-bit single-channel of the
+    image's size holding only trainIds ``0..num_classes-1`` and
+    ``ignore_index``). All bad pairs are reported together.
 
     Args:
         data_root (str | Path): dataset root, as ``data_root`` in configs.
@@ -55,9 +56,14 @@ def check_cityscapes_split(data_root, img_dir='leftImg8bit/train',
         num_classes (int): labels must lie in ``0..num_classes-1`` ...
         ignore_index (int): ... or equal this value.
         max_files (int | None): decode only the first pairs (sorted by
-            name); ``None`` decodes all. Decoding 2975 Cityscapes pairs
-            takes a few minutes.
+            name); ``None`` decodes all, 0 none.
         progress (bool): show a progress bar while decoding.
+        color_type (str): the ``color_type`` of the pipeline's
+            ``LoadImageFromFile``.
+        cache_dir (str | Path | None): remember passed pairs there
+            (:func:`repseg.data.frame_check.cache_file`) and decode only new
+            or changed pairs next time; None: no cache.
+        workers (int | None): decoding processes (None: up to the CPUs).
 
     Returns:
         int: the number of image/label pairs.
@@ -85,10 +91,32 @@ def check_cityscapes_split(data_root, img_dir='leftImg8bit/train',
                                seg_suffix)) for img in images]
     _check_labels_exist(pairs, root, seg_suffix)
     checked = pairs if max_files is None else pairs[:max_files]
-    for img, label in tqdm(checked, desc=f'checking {img_dir}', unit='img',
-                           disable=not progress):
-        _check_pair(img, label, num_classes, ignore_index)
+    if checked:
+        rules = FrameRules(num_classes, ignore_index, color_type)
+        cache = None if cache_dir is None else cache_file(
+            cache_dir, img_path, ann_path, (img_suffix, seg_suffix), rules)
+        report = check_frames(checked, rules, cache, root=img_path,
+                              workers=workers, progress=progress,
+                              desc=f'checking {img_dir}')
+        if report.problems:
+            raise DatasetError(_bad_frames_message(report, img_path))
     return len(pairs)
+
+
+def _bad_frames_message(report, img_path, shown=20):
+    """Every bad pair, one line each (the first ``shown``, the rest in a file
+    named in the message when there are more)."""
+    problems = report.problems
+    message = (f'{len(problems)} of {report.total} image/label pairs under '
+               f"'{img_path}' cannot train:\n" +
+               bullet_list(problems, shown=len(problems)
+                           if len(problems) <= shown else shown))
+    if len(problems) > shown:
+        listing = Path(tempfile.gettempdir()) / (
+            f'repseg_bad_frames_{os.getpid()}.txt')
+        listing.write_text('\n'.join(problems) + '\n')
+        message += f'\n(all {len(problems)} listed in {listing})'
+    return message
 
 
 def _label_path(img, img_path, ann_path, img_suffix, seg_suffix):
@@ -114,35 +142,3 @@ def _check_labels_exist(pairs, root, seg_suffix):
                     'been built yet; run `python tools/prepare_cityscapes.py'
                     f' {root}`.')
     raise DatasetError(message)
-
-
-def _read_png(path, what):
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DatasetError(f"cannot read {what} '{path}': not a readable "
-                           f'image (corrupt or truncated file?)')
-    return image
-
-
-def _check_pair(img, label, num_classes, ignore_index):
-    image = _read_png(img, 'image')
-    seg = _read_png(label, 'label')
-    if seg.ndim != 2:
-        raise DatasetError(
-            f"label '{label}' has {seg.shape[2]} channels; expected a "
-            f'single-channel PNG of trainIds (a colour-coded label?)')
-    if image.shape[:2] != seg.shape:
-        raise DatasetError(
-            f"image '{img}' is {image.shape[1]}x{image.shape[0]} (WxH) but "
-            f"its label '{label}' is {seg.shape[1]}x{seg.shape[0]}")
-    values = np.flatnonzero(np.bincount(seg.ravel()))
-    bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
-    if bad:
-        hint = ''
-        if max(bad) <= 33:
-            hint = (' These look like Cityscapes labelIds: use the '
-                    f'{layout.TRAIN_ID_SUFFIX} files (run '
-                    '`python tools/prepare_cityscapes.py DATA_ROOT`).')
-        raise DatasetError(
-            f"label '{label}' holds values {bad} outside 0..{num_classes - 1}"
-            f' and the ignore index {ignore_index}.{hint}')

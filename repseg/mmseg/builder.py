@@ -5,6 +5,7 @@ config override or a checkpoint behaves the same in every tool.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import difflib
 import os
@@ -37,6 +38,8 @@ RUNNER_KEYS = frozenset({
     'train_dataloader', 'val_cfg', 'val_dataloader', 'val_evaluator', 'visualizer',
     'work_dir',
 })
+#: Top-level keys repseg's tools read (:mod:`repseg.mmseg.config`, ``preflight``).
+REPSEG_KEYS = frozenset({'skip_data_check', 'nonfinite_loss_limit'})
 
 
 ConfigLike = Union[str, os.PathLike, Config]
@@ -47,6 +50,10 @@ class ConfigKeyError(UserError, KeyError):
 
     def __str__(self):  # KeyError would quote the whole message
         return str(self.args[0])
+
+
+class ConfigSyntaxError(UserError, ValueError):
+    """A config file (or one of its ``_base_`` files) that is not valid Python."""
 
 
 def _close_matches(word: str, choices, parent: str) -> str:
@@ -61,37 +68,112 @@ def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> None:
 
     A key may add a new leaf to an existing dict (``model.backbone.with_cp``), but every
     part before the leaf must exist, list indices must be in range, and a new top-level
-    key must be one mmengine's Runner reads. Raises :class:`ConfigKeyError` naming the
-    key and the closest existing names.
+    key must be one mmengine's Runner (or repseg) reads. Raises :class:`ConfigKeyError`
+    naming every such key and the closest existing names.
     """
-    for key in options:
-        parts = key.split('.')
-        node: Any = cfg.to_dict()
-        for depth, part in enumerate(parts):
-            here = '.'.join(parts[:depth + 1])
-            is_leaf = depth == len(parts) - 1
-            if isinstance(node, (list, tuple)):
-                if not (part.isdigit() and int(part) < len(node)):
-                    raise ConfigKeyError(
-                        f"--cfg-options key {key!r}: {'.'.join(parts[:depth]) or 'the config'} "
-                        f'is a list of {len(node)} items, so {part!r} is no valid index')
-                node = node[int(part)]
-            elif isinstance(node, Mapping):
-                if part in node:
-                    node = node[part]
-                elif depth == 0 and part in RUNNER_KEYS:
-                    node = {}  # a Runner key the config leaves out: anything below is new
-                elif is_leaf and depth > 0:
-                    break  # a new leaf in an existing dict
-                else:
-                    what = 'top-level key' if depth == 0 else 'key'
-                    raise ConfigKeyError(
-                        f'--cfg-options key {key!r}: the config has no {what} {here!r}'
-                        + _close_matches(part, node.keys(), '.'.join(parts[:depth])))
+    tree = cfg.to_dict()
+    problems = [problem for key in options for problem in _path_problems(tree, key)]
+    if problems:
+        raise ConfigKeyError('\n\n'.join(problems))
+
+
+def _path_problems(tree: Mapping, key: str):
+    parts = key.split('.')
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        here = '.'.join(parts[:depth + 1])
+        is_leaf = depth == len(parts) - 1
+        if isinstance(node, (list, tuple)):
+            if not (part.isdigit() and int(part) < len(node)):
+                yield (f"--cfg-options key {key!r}: {'.'.join(parts[:depth]) or 'the config'} "
+                       f'is a list of {len(node)} items, so {part!r} is no valid index')
+                return
+            node = node[int(part)]
+        elif isinstance(node, Mapping):
+            if part in node:
+                node = node[part]
+            elif depth == 0 and part in RUNNER_KEYS | REPSEG_KEYS:
+                node = {}  # a Runner key the config leaves out: anything below is new
+            elif is_leaf and depth > 0:
+                return  # a new leaf in an existing dict
             else:
-                raise ConfigKeyError(
-                    f"--cfg-options key {key!r}: {'.'.join(parts[:depth])!r} is "
-                    f'{type(node).__name__} {node!r}, not a dict, so it has no {part!r}')
+                what = 'top-level key' if depth == 0 else 'key'
+                yield (f'--cfg-options key {key!r}: the config has no {what} {here!r}'
+                       + _close_matches(part, node.keys(), '.'.join(parts[:depth])))
+                return
+        else:
+            yield (f"--cfg-options key {key!r}: {'.'.join(parts[:depth])!r} is "
+                   f'{type(node).__name__} {node!r}, not a dict, so it has no {part!r}')
+            return
+
+
+def read_config(path: Union[str, os.PathLike]) -> Config:
+    """Parse a config file (and its ``_base_`` files); a syntax error names the file,
+    the line and the code there (mmengine reports ``File "<unknown>"``)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'config file not found: {path}')
+    try:
+        return Config.fromfile(str(path))
+    except SyntaxError as error:
+        raise ConfigSyntaxError(_syntax_error_message(Path(path), error)) from None
+
+
+def _syntax_error_message(path: Path, error: SyntaxError) -> str:
+    for file in _config_chain(path):
+        try:
+            ast.parse(file.read_text(), filename=str(file))
+        except SyntaxError as found:
+            error, path = found, file
+            break
+    code = (error.text or '').strip()
+    where = f'line {error.lineno}' + (f': {code}' if code else '')
+    return (f'config file {path} does not parse: {error.msg} at {where}. Fix the Python '
+            'syntax there (a config is a Python file of assignments).')
+
+
+def _config_chain(path: Path, seen: Optional[set] = None) -> list:
+    """``path`` and the local ``_base_`` files it inherits from, recursively (as far as
+    each parses); package bases such as ``mmseg::...`` are skipped."""
+    seen = set() if seen is None else seen
+    if path in seen or not path.is_file():
+        return []
+    seen.add(path)
+    chain = [path]
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:
+        return chain
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == '_base_'
+                                                  for t in node.targets)):
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            for base in [bases] if isinstance(bases, str) else bases:
+                if isinstance(base, str) and '::' not in base:
+                    chain += _config_chain((path.parent / base).resolve(), seen)
+    return chain
+
+
+def apply_cfg_options(cfg: Config, cfg_options: Optional[Mapping] = None) -> Config:
+    """Apply ``--cfg-options`` overrides to ``cfg`` (in place; returns it), refusing
+    every key that does not fit, all in one :class:`ConfigKeyError`: a path the config
+    lacks (:func:`check_cfg_options`), or an argument the component it lands in does not
+    take (:func:`repseg.mmseg.preflight.override_problems`)."""
+    if not cfg_options:
+        return cfg
+    from .preflight import override_problems
+
+    tree = cfg.to_dict()
+    problems = {key: list(_path_problems(tree, key)) for key in cfg_options}
+    cfg.merge_from_dict({k: v for k, v in cfg_options.items() if not problems[k]})
+    found = [p for key_problems in problems.values() for p in key_problems]
+    found += [f'--cfg-options key {p}'
+              for p in override_problems(cfg, [k for k in cfg_options if not problems[k]])]
+    if found:
+        raise ConfigKeyError('\n\n'.join(found))
+    return cfg
 
 
 def load_config(path: Union[str, os.PathLike], cfg_options: Optional[Mapping] = None) -> Config:
@@ -100,15 +182,9 @@ def load_config(path: Union[str, os.PathLike], cfg_options: Optional[Mapping] = 
     Args:
         path: the config file.
         cfg_options: ``{'model.backbone.arch': 'A0', ...}`` as parsed by mmengine's
-            ``DictAction``; see :func:`check_cfg_options` for what keys are accepted.
+            ``DictAction``; see :func:`apply_cfg_options` for what keys are accepted.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'config file not found: {path}')
-    cfg = Config.fromfile(str(path))
-    if cfg_options:
-        check_cfg_options(cfg, cfg_options)
-        cfg.merge_from_dict(dict(cfg_options))
-    return cfg
+    return apply_cfg_options(read_config(path), cfg_options)
 
 
 def plain_bn(obj: Any) -> Any:

@@ -5,7 +5,8 @@
   that ``--resume`` then fails on. Here every file is written to a temporary name in the
   same folder and renamed over the target (``os.replace`` is atomic on POSIX), the new
   checkpoint is complete before the pointer moves to it, and old checkpoints are removed
-  only after that.
+  only after that. Weights holding NaN/Inf are never saved, and ``max_keep_ckpts`` holds
+  across ``--resume``.
 * :class:`CityscapesLabelIdsHook`: writes test predictions as Cityscapes ``*_labelIds.png``
   for the official evaluation script (``csEvalPixelLevelSemanticLabeling``).
 * :class:`PerClassIoUMetric`: mmseg's ``IoUMetric`` that also keeps the per-class IoU and
@@ -28,6 +29,7 @@ from mmseg.registry import HOOKS, METRICS
 
 from ..data import cityscapes_layout as layout
 from ..fileio import write_bytes_atomically, write_text_atomically
+from .nonfinite import refuse_nonfinite_weights
 
 #: File backend name of :class:`AtomicLocalBackend` (``backend_args=dict(backend=...)``).
 ATOMIC_BACKEND = 'atomic_local'
@@ -53,6 +55,15 @@ class AtomicCheckpointHook(CheckpointHook):
     """``CheckpointHook`` whose checkpoints and ``last_checkpoint`` pointer are written
     atomically (see the module docstring). Takes the same arguments; without
     ``backend_args`` (or ``file_client_args``) files go through :class:`AtomicLocalBackend`.
+
+    Also:
+
+    * no checkpoint holding a NaN/Inf tensor is written
+      (:func:`repseg.mmseg.nonfinite.refuse_nonfinite_weights` stops the run instead);
+    * ``max_keep_ckpts`` holds across ``--resume``: each checkpoint records the rotation
+      including itself, so the resumed-from file counts and is rotated out in turn;
+    * the best checkpoint (``save_best``) is apart from the rotation, and the previous
+      best is removed only once the new one is complete.
     """
 
     def __init__(self, *args, backend_args: Optional[dict] = None, **kwargs):
@@ -60,7 +71,17 @@ class AtomicCheckpointHook(CheckpointHook):
             backend_args = dict(backend=ATOMIC_BACKEND)
         super().__init__(*args, backend_args=backend_args, **kwargs)
 
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        resumed = self.filename_tmpl.format(runner.iter)
+        if (self.max_keep_ckpts > 0 and runner.iter > 0 and runner.iter not in self.keep_ckpt_ids
+                and self.file_backend.isfile(self.file_backend.join_path(self.out_dir, resumed))):
+            # a checkpoint written before its own step was recorded (older repseg)
+            self._rotate(runner, runner.iter)()
+
     def _save_checkpoint_with_step(self, runner, step, meta):
+        refuse_nonfinite_weights(runner, f'checkpoint {self.filename_tmpl.format(step)}')
+        remove_stale = self._rotate(runner, step)
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
@@ -70,24 +91,45 @@ class AtomicCheckpointHook(CheckpointHook):
             backend_args=self.backend_args, **self.args)
         if is_main_process():
             write_text_atomically(osp.join(runner.work_dir, POINTER_FILE), self.last_ckpt)
-        self._remove_old_checkpoints(runner, step)
+        remove_stale()
 
-    def _remove_old_checkpoints(self, runner, step: int) -> None:
-        """Keep the newest ``max_keep_ckpts`` periodic checkpoints (after saving ``step``)."""
+    def _rotate(self, runner, step: int):
+        """Record ``step`` among the newest ``max_keep_ckpts`` periodic checkpoints (before
+        its checkpoint is saved, so the checkpoint knows it is kept); return a function
+        that removes the checkpoints that fell out, to call once ``step``'s is complete."""
         if self.max_keep_ckpts <= 0 or (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
-            return
+            return lambda: None
         steps = [*self.keep_ckpt_ids, step]
         stale, kept = steps[:-self.max_keep_ckpts], steps[-self.max_keep_ckpts:]
         self.keep_ckpt_ids = deque(kept, self.max_keep_ckpts)
         runner.message_hub.update_info('keep_ckpt_ids', kept)
+        return lambda: self._remove(
+            [self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+             for old in stale])
+
+    def _remove(self, paths) -> None:
         if not is_main_process():
             return
-        for old in stale:
-            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+        for path in paths:
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # checkpoints saved by DeepSpeed are folders
                 self.file_backend.rmtree(path)
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """mmengine's best-checkpoint logic, with the previous best removed only after
+        the new best (and the periodic checkpoint recording it) is written."""
+        if not self.save_best:
+            return
+        refuse_nonfinite_weights(runner, 'the best checkpoint')
+        backend = self.file_backend
+        stale: list = []
+        backend.remove, backend.rmtree = stale.append, stale.append  # deferred
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            del backend.remove, backend.rmtree  # the class's methods again
+        self._remove(stale)
 
 
 def labelids_name(img_path: str) -> str:

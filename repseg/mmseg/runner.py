@@ -1,22 +1,18 @@
-"""The library behind ``tools/train.py`` and ``tools/test.py``.
+"""The library behind ``tools/train.py`` and ``tools/test.py``: prepare, check, run.
 
-Every run is checked before mmengine's Runner is built: config arguments, arch name,
-dataset folders and a sample of its files, pretrained weights, the checkpoint to test. A
-wrong path or a typo then fails at once with a message saying what to do, instead of
-minutes later inside a data-loader worker (or never: a mistyped backbone argument would
-otherwise be a ``TypeError`` deep in the registry, a checkpoint of another arch would load
-with warnings only).
+One config goes through three places, in order:
 
-The config is adapted to the machine (REFERENCES section 6): without CUDA, SyncBN becomes
-BN, and several processes train over gloo, which needs the process group started before the
-Runner (mmengine's own launcher calls ``torch.cuda.set_device``) and the DDP wrapper of
-:mod:`repseg.mmseg.ddp`. Checkpoints are written atomically (:mod:`repseg.mmseg.hooks`).
+1. :mod:`repseg.mmseg.config` loads it with the ``--cfg-options`` and adapts it to the
+   machine and to repseg's guards (BN without CUDA, atomic checkpoints, the NaN guard,
+   checked loaders, the schedule following ``max_iters``);
+2. :mod:`repseg.mmseg.preflight` checks everything that can fail later (config keys,
+   every frame, pretrained files, the checkpoint to test);
+3. this module starts distributed processes, builds mmengine's Runner and runs it,
+   turning a frame that fails mid-run into a message naming the file and the iteration.
 """
 from __future__ import annotations
 
 import contextlib
-import difflib
-import inspect
 import itertools
 import json
 import logging
@@ -24,40 +20,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ..checkpoint import CheckpointError
-from ..data.validate import DatasetError, check_cityscapes_split
 from ..errors import UserError
-from ..models.arch import canonical_arch_name
-from .backbone import PretrainedNotFoundError, RepVGGBackbone, check_pretrained_exists
-from .builder import (load_config, load_segmentor_weights,
-                      read_segmentor_checkpoint, segmentor_of, use_plain_bn)
-from .ddp import DeviceAwareDDP
-from .hooks import AtomicCheckpointHook, CityscapesLabelIdsHook, PerClassIoUMetric
+from ..fileio import write_text_atomically
+from .builder import read_segmentor_checkpoint, segmentor_of
+from .config import enable_amp, prepare_config
+from .frame_guard import FrameLoadError
+from .hooks import CityscapesLabelIdsHook, PerClassIoUMetric
+from .preflight import PreflightError, checked_weights, config_problems, preflight
 
-#: Files decoded per dataset split by the pre-flight check (all are checked to exist).
-SAMPLE_FILES = 8
+__all__ = ['USER_ERRORS', 'PreflightError', 'build_runner', 'checked_weights',
+           'config_problems', 'configure_test', 'enable_amp', 'exit_on_user_error',
+           'init_distributed', 'preflight', 'prepare_config', 'run_test', 'run_train']
+
 #: Per-run metrics of ``tools/test.py``, in its work dir.
 METRICS_FILE = 'metrics.json'
-#: Keys of model component configs that are not constructor arguments of the component.
-NON_ARGUMENT_KEYS = ('type', '_scope_')
-#: Sub-configs consumed by helpers (build_norm_layer, ...), not checked against a class.
-HELPER_CFG_KEYS = ('norm_cfg', 'act_cfg', 'conv_cfg', 'init_cfg', 'train_cfg', 'test_cfg',
-                   'dcn', 'plugins', 'sampler')
 
 _run_ids = itertools.count()
-
-
-class PreflightError(UserError, ValueError):
-    """A run that cannot work as configured; the message says why and what to do."""
-
 
 #: Errors that are the user's to fix: tools print their message and exit with status 2.
 USER_ERRORS = (UserError, FileNotFoundError)
@@ -73,284 +58,6 @@ def exit_on_user_error(status: int = 2) -> Iterator[None]:
         sys.stderr.write(f'error: {error}\n')
         sys.stderr.flush()
         raise SystemExit(status) from None
-
-
-# Config preparation ----------------------------------------------------------------
-
-def prepare_config(config, cfg_options: Optional[Mapping] = None,
-                   work_dir: Optional[str] = None, launcher: str = 'none') -> Config:
-    """Load ``config`` with overrides and adapt it to this machine and to repseg's tools.
-
-    * ``work_dir``: the argument, else the config's, else ``work_dirs/<config stem>``.
-    * No CUDA: SyncBN -> BN (logged), gloo as the process-group backend.
-    * Distributed (``launcher`` not 'none'): :class:`~repseg.mmseg.ddp.DeviceAwareDDP`.
-    * mmengine's ``CheckpointHook`` -> :class:`~repseg.mmseg.hooks.AtomicCheckpointHook`.
-    """
-    if not Path(config).is_file():
-        raise PreflightError(f'config file not found: {config}')
-    cfg = load_config(config, cfg_options)
-    cfg.launcher = launcher
-    cfg.work_dir = work_dir or cfg.get('work_dir') or str(Path('work_dirs') / Path(config).stem)
-    if not torch.cuda.is_available():
-        _adapt_to_cpu(cfg)
-    if launcher != 'none':
-        _use_device_aware_ddp(cfg)
-    checkpoint_hook = cfg.get('default_hooks', {}).get('checkpoint')
-    if checkpoint_hook and checkpoint_hook.get('type') in ('CheckpointHook',
-                                                           'mmengine.CheckpointHook'):
-        checkpoint_hook['type'] = AtomicCheckpointHook.__name__
-    imports = cfg.get('custom_imports') or dict(imports=[], allow_failed_imports=False)
-    imports['imports'] = list(dict.fromkeys([*imports.get('imports', []), 'repseg',
-                                             'repseg.mmseg.hooks', 'repseg.mmseg.ddp']))
-    cfg.custom_imports = imports
-    return cfg
-
-
-def _adapt_to_cpu(cfg: Config) -> None:
-    before = cfg.model.to_dict()
-    use_plain_bn(cfg)
-    if cfg.model.to_dict() != before:
-        print_log('no CUDA device: using BN instead of SyncBN (multi-process SyncBN needs '
-                  'CUDA; the checkpoint keys are the same)', logger='current')
-    env = cfg.get('env_cfg') or {}
-    env.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    cfg.env_cfg = env
-
-
-def _use_device_aware_ddp(cfg: Config) -> None:
-    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
-    if wrapper.get('type', 'MMDistributedDataParallel') not in (
-            'MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel'):
-        return  # FSDP or another wrapper chosen on purpose
-    wrapper.setdefault('broadcast_buffers', False)
-    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
-    wrapper['type'] = DeviceAwareDDP.__name__
-    cfg.model_wrapper_cfg = wrapper
-
-
-def enable_amp(cfg: Config) -> None:
-    """Switch the optimizer wrapper to mmengine's ``AmpOptimWrapper`` (dynamic loss scale)."""
-    if not torch.cuda.is_available():
-        raise PreflightError(
-            "--amp needs a CUDA GPU: mmengine's AmpOptimWrapper (float16 autocast with a "
-            'loss scaler) runs on CUDA, NPU or MLU only. Train in float32 on this machine '
-            '(leave out --amp).')
-    optim = cfg.optim_wrapper
-    if optim.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-        print_log('AmpOptimWrapper is already set in the config', logger='current')
-        return
-    optim['type'] = 'AmpOptimWrapper'
-    optim.setdefault('loss_scale', 'dynamic')
-
-
-# Pre-flight checks ----------------------------------------------------------------------
-
-def preflight(cfg: Config, mode: str, config_name: str = 'the config') -> None:
-    """Check a prepared config before the Runner is built; raise :class:`PreflightError`
-    listing every problem found (one paragraph each).
-
-    ``mode`` 'train' checks the arguments of what training builds (:func:`config_problems`),
-    the train and val datasets and the pretrained backbone file; 'test' checks the model,
-    test loop, hooks and test dataset.
-    """
-    if mode not in ('train', 'test'):
-        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
-    problems = config_problems(cfg, mode)
-    problems += dataset_problems(cfg, _loaders(cfg, mode), config_name)
-    if mode == 'train':
-        problems += pretrained_problems(cfg.model)
-    if problems:
-        raise PreflightError('\n\n'.join(dict.fromkeys(problems)))
-
-
-def _registries():
-    import mmseg.registry as registries
-    from mmseg.utils import register_all_modules
-
-    register_all_modules(init_default_scope=False)
-    return registries
-
-
-def _accepted_arguments(cls: type) -> Optional[set[str]]:
-    """Constructor argument names of ``cls``, following ``**kwargs`` up the MRO; None when
-    some ``**kwargs`` goes on to a class that accepts anything."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get('__init__')
-        if init is None:
-            continue
-        if klass in (nn.Module, object):
-            return None
-        params = inspect.signature(init).parameters.values()
-        names.update(p.name for p in params
-                     if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != 'self')
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names
-    return None
-
-
-def _suggest(word: str, choices) -> str:
-    matches = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ''
-
-
-def component_problems(node: Any, path: str, registry, recurse: bool = False) -> Iterator[str]:
-    """Unknown types, unknown constructor arguments (typos such as
-    ``model.backbone.archh``) and unknown RepVGG arch names in a config dict that names
-    a class of ``registry`` by ``type``. With ``recurse`` (the model), nested dicts are
-    components of the same registry (except helper configs such as ``norm_cfg``)."""
-    if isinstance(node, (list, tuple)) and recurse:
-        for index, item in enumerate(node):
-            yield from component_problems(item, f'{path}.{index}', registry, recurse)
-        return
-    if not isinstance(node, Mapping):
-        return
-    type_name = node.get('type')
-    if isinstance(type_name, str):
-        cls = registry.get(type_name)
-        if cls is None:
-            yield (f'{path}.type: {type_name!r} is not a registered {registry.name} type'
-                   + _suggest(type_name, registry.module_dict))
-        else:
-            accepted = _accepted_arguments(cls) if inspect.isclass(cls) else None
-            for key in node:
-                if accepted is not None and key not in accepted and key not in NON_ARGUMENT_KEYS:
-                    yield (f'{path}.{key}: {type_name} has no argument {key!r}'
-                           + _suggest(key, accepted)
-                           + f" (its arguments: {', '.join(sorted(accepted))})")
-            if inspect.isclass(cls) and issubclass(cls, RepVGGBackbone):
-                try:
-                    canonical_arch_name(node.get('arch', 'B2'))
-                except (ValueError, TypeError) as error:
-                    yield f'{path}.arch: {error}'
-    if recurse:
-        for key, value in node.items():
-            if key not in HELPER_CFG_KEYS:
-                yield from component_problems(value, f'{path}.{key}', registry, recurse)
-
-
-def config_problems(cfg: Config, mode: str) -> list[str]:
-    """:func:`component_problems` for every part of ``cfg`` that ``mode`` builds."""
-    reg = _registries()
-    loaders = _loaders(cfg, mode)
-    parts = [(cfg.model, 'model', reg.MODELS, True)]
-    loops = ('train_cfg', 'val_cfg') if mode == 'train' else ('test_cfg',)
-    parts += [(cfg.get(name), name, reg.LOOPS, False) for name in loops]
-    if mode == 'train':
-        optim = cfg.get('optim_wrapper') or {}
-        parts += [(optim, 'optim_wrapper', reg.OPTIM_WRAPPERS, False),
-                  (optim.get('optimizer'), 'optim_wrapper.optimizer', reg.OPTIMIZERS, False)]
-        schedulers = cfg.get('param_scheduler') or []
-        schedulers = [schedulers] if isinstance(schedulers, Mapping) else schedulers
-        parts += [(s, f'param_scheduler.{i}', reg.PARAM_SCHEDULERS, False)
-                  for i, s in enumerate(schedulers)]
-    parts += [(hook, f'default_hooks.{name}', reg.HOOKS, False)
-              for name, hook in (cfg.get('default_hooks') or {}).items()]
-    parts += [(hook, f'custom_hooks.{i}', reg.HOOKS, False)
-              for i, hook in enumerate(cfg.get('custom_hooks') or [])]
-    for loader in loaders:
-        parts += [(dataset, path, reg.DATASETS, False)
-                  for path, dataset in _leaf_datasets(cfg[loader]['dataset'], f'{loader}.dataset')]
-    return [problem for part in parts for problem in component_problems(*part)]
-
-
-def _loaders(cfg: Config, mode: str) -> list[str]:
-    names = ['train_dataloader', 'val_dataloader'] if mode == 'train' else ['test_dataloader']
-    if mode == 'train' and not cfg.get('val_cfg'):
-        names.remove('val_dataloader')
-    return [n for n in names if cfg.get(n) and cfg[n].get('dataset')]
-
-
-def _leaf_datasets(dataset: Mapping, path: str) -> Iterator[tuple[str, Mapping]]:
-    """The datasets that read files, below RepeatDataset / ConcatDataset wrappers."""
-    if 'datasets' in dataset:
-        for index, item in enumerate(dataset['datasets']):
-            yield from _leaf_datasets(item, f'{path}.datasets.{index}')
-    elif isinstance(dataset.get('dataset'), Mapping):
-        yield from _leaf_datasets(dataset['dataset'], f'{path}.dataset')
-    else:
-        yield path, dataset
-
-
-def _default_argument(cls: type, name: str, fallback: Any) -> Any:
-    for klass in cls.__mro__:
-        init = klass.__dict__.get('__init__')
-        if init is not None:
-            param = inspect.signature(init).parameters.get(name)
-            if param is not None and param.default is not param.empty:
-                return param.default
-    return fallback
-
-
-def dataset_problems(cfg: Config, loader_names: Sequence[str],
-                     config_name: str = 'the config') -> list[str]:
-    """Check the folders of each dataloader's dataset and decode a sample of its files.
-
-    Cityscapes-style datasets get :func:`repseg.data.validate.check_cityscapes_split`
-    (every image has its label; the first :data:`SAMPLE_FILES` pairs decode, match in size
-    and hold trainIds only); other datasets only need their data root to exist.
-    """
-    from mmseg.datasets import CityscapesDataset
-    from mmseg.registry import DATASETS
-
-    missing_roots: dict[str, list[str]] = {}
-    problems, seen = [], set()
-    for loader_name in loader_names:
-        loader = cfg.get(loader_name)
-        if not loader or not loader.get('dataset'):
-            continue
-        for path, dataset in _leaf_datasets(loader['dataset'], f'{loader_name}.dataset'):
-            root = str(dataset.get('data_root', '') or '')
-            if root and not Path(root).is_dir():
-                missing_roots.setdefault(root, []).append(path)
-                continue
-            prefix = dataset.get('data_prefix') or {}
-            cls = DATASETS.get(dataset.get('type', ''))
-            key = (root, prefix.get('img_path', ''), prefix.get('seg_map_path', ''))
-            if key in seen or cls is None or not issubclass(cls, CityscapesDataset):
-                continue
-            seen.add(key)
-            try:
-                check_cityscapes_split(
-                    root, key[1], key[2],
-                    img_suffix=dataset.get('img_suffix', _default_argument(cls, 'img_suffix', '')),
-                    seg_suffix=dataset.get('seg_map_suffix',
-                                           _default_argument(cls, 'seg_map_suffix', '')),
-                    max_files=SAMPLE_FILES, progress=False)
-            except DatasetError as error:
-                problems.append(f'{path} (in {config_name}): {error}')
-    for root, paths in missing_roots.items():
-        try:
-            check_cityscapes_split(root)
-            message = f"data root '{root}' does not exist."
-        except DatasetError as error:  # the data module's help on getting the data
-            message = str(error)
-        keys = ', '.join(f'{p}.data_root' for p in paths)
-        problems.insert(0, f'{message} (set in {config_name} as {keys})')
-    return problems
-
-
-def pretrained_problems(model_cfg: Mapping) -> list[str]:
-    """Missing ``Pretrained`` checkpoint files anywhere in the model config."""
-    problems = []
-
-    def walk(node, path):
-        if isinstance(node, Mapping):
-            init_cfg = node.get('init_cfg')
-            try:
-                check_pretrained_exists(init_cfg)
-            except PretrainedNotFoundError as error:
-                problems.append(f'{path}.init_cfg: {error}')
-            for key, value in node.items():
-                if key != 'init_cfg':
-                    walk(value, f'{path}.{key}')
-
-    walk(model_cfg, 'model')
-    pretrained = model_cfg.get('pretrained')
-    if isinstance(pretrained, str) and '://' not in pretrained and not Path(pretrained).is_file():
-        problems.append(f"model.pretrained: file '{pretrained}' not found; download it or "
-                        'train from scratch with --cfg-options model.pretrained=None')
-    return problems
 
 
 # Distributed setup ------------------------------------------------------------------
@@ -429,9 +136,32 @@ def build_runner(cfg: Config):
     return runner
 
 
+@contextlib.contextmanager
+def frame_failures_named(runner) -> Iterator[None]:
+    """Add where the run was to a :class:`FrameLoadError` from any data-loader worker:
+    the training iteration whose batch failed, the validation, or the test."""
+    try:
+        yield
+    except FrameLoadError as error:
+        stage = runner.message_hub.get_info('loop_stage')
+        if stage == 'train':
+            where = f'while loading the batch of training iteration {runner.iter + 1}'
+            then = ('then continue from the last checkpoint with --resume'
+                    if runner.message_hub.get_info('last_ckpt') else 'then train again')
+        else:
+            where = (f'while validating after training iteration {runner.iter}'
+                     if stage == 'val' else 'while testing')
+            then = 'then run again'
+        raise FrameLoadError(
+            f'{error} ({where}). The pre-flight check decodes every frame unless '
+            '--skip-data-check is given, so the file was changed or removed during the run '
+            f'or not checked: restore or fix it, {then}.') from None
+
+
 def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp: bool = False,
-          cfg_options: Optional[Mapping] = None, launcher: str = 'none'):
-    """``tools/train.py``: check, build the Runner, train. Returns the Runner.
+              cfg_options: Optional[Mapping] = None, launcher: str = 'none',
+              skip_data_check: bool = False):
+    """``tools/train.py``: prepare, check, build the Runner, train. Returns the Runner.
 
     Args:
         config: config file path.
@@ -441,30 +171,29 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
         amp: mixed precision (CUDA only).
         cfg_options: ``--cfg-options`` overrides.
         launcher: 'none', 'pytorch' (torchrun) or 'slurm'.
+        skip_data_check: do not decode every frame before training
+            (as ``skip_data_check=True`` in the config).
     """
     cfg = prepare_config(config, cfg_options, work_dir, launcher)
     cfg.resume = resume
+    if skip_data_check:
+        cfg.skip_data_check = True
     if amp:
         enable_amp(cfg)
     preflight(cfg, 'train', str(config))
     init_distributed(launcher)
     runner = build_runner(cfg)
-    runner.train()
+    with frame_failures_named(runner):
+        runner.train()
     return runner
 
 
-def checked_weights(cfg: Config, checkpoint, loaded: Optional[tuple] = None) -> dict:
-    """The state dict of ``cfg``'s segmentor with ``checkpoint`` loaded strictly
-    (:func:`load_segmentor_weights`), built on the CPU before the Runner, so that a
-    checkpoint that does not fit fails at once."""
-    from .builder import build_segmentor
-
-    probe = build_segmentor(cfg)
-    load_segmentor_weights(probe, checkpoint, loaded)
-    return segmentor_of(probe).state_dict()
-
-
-def _test_config(cfg: Config, out: Optional[str], show_dir: Optional[str], tta: bool) -> None:
+def configure_test(cfg: Config, out: Optional[str] = None, show_dir: Optional[str] = None,
+                   tta: bool = False) -> None:
+    """Set up ``cfg`` (prepared) as ``tools/test.py`` runs it: mmseg's IoU metric keeping
+    its per-class table (:class:`PerClassIoUMetric`), ``--out`` label files,
+    ``--show-dir`` drawings of every image, test-time augmentation; weights are loaded
+    by :func:`checked_weights`, not by the Runner."""
     if show_dir:  # every image, not mmseg's default of every 50th
         cfg.default_hooks.visualization.update(draw=True, interval=1)
         cfg.visualizer['save_dir'] = show_dir
@@ -482,9 +211,10 @@ def _test_config(cfg: Config, out: Optional[str], show_dir: Optional[str], tta: 
 
 
 def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[str] = None,
-         show_dir: Optional[str] = None, tta: bool = False, fp16: bool = False,
-         cfg_options: Optional[Mapping] = None, launcher: str = 'none') -> dict:
-    """``tools/test.py``: check, load the checkpoint strictly, evaluate.
+             show_dir: Optional[str] = None, tta: bool = False, fp16: bool = False,
+             cfg_options: Optional[Mapping] = None, launcher: str = 'none',
+             skip_data_check: bool = False) -> dict:
+    """``tools/test.py``: prepare, check, load the checkpoint strictly, evaluate.
 
     Logs mmseg's per-class table (IoU, Acc) and writes ``<work_dir>/metrics.json``
     (summary, per-class values, config and checkpoint) on rank 0.
@@ -495,13 +225,16 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         tta: multi-scale + flip test-time augmentation (the config's ``tta_pipeline``).
         fp16: fuse RepVGG blocks and run in float16
             (:func:`repseg.inference.prepare_for_inference`).
+        skip_data_check: do not decode every test frame first.
 
     Returns:
         ``{'mIoU': ..., 'mAcc': ..., 'aAcc': ..., 'per_class': {...}}`` (percent).
     """
     cfg = prepare_config(config, cfg_options, work_dir, launcher)
+    if skip_data_check:
+        cfg.skip_data_check = True
     loaded = read_segmentor_checkpoint(checkpoint)
-    _test_config(cfg, out, show_dir, tta)
+    configure_test(cfg, out, show_dir, tta)
     preflight(cfg, 'test', str(config))
     weights = checked_weights(cfg, checkpoint, loaded)
     del loaded
@@ -514,7 +247,8 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
 
         prepare_for_inference(segmentor_of(runner.model), fuse=True, fp16=True)
         print_log('testing the fused model in float16', logger='current')
-    metrics = dict(runner.test())
+    with frame_failures_named(runner):
+        metrics = dict(runner.test())
     per_class = next((m.per_class for m in runner.test_loop.evaluator.metrics
                       if isinstance(m, PerClassIoUMetric)), None)
     if per_class is not None:
@@ -524,7 +258,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         record = dict(config=str(config), checkpoint=str(checkpoint), tta=tta, fp16=fp16,
                       **{k: round(float(v), 4) if k != 'per_class' else v
                          for k, v in metrics.items()})
-        path.write_text(json.dumps(record, indent=2) + '\n')
+        write_text_atomically(path, json.dumps(record, indent=2) + '\n')
         summary = '  '.join(f'{k} {float(metrics[k]):.2f}' for k in ('mIoU', 'mAcc', 'aAcc')
                             if k in metrics)
         print_log(f'{summary}; metrics written to {path}', logger='current')
