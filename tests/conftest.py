@@ -1,6 +1,8 @@
 """Shared test helpers. ``repseg`` is imported first: it supplies the ``mmcv.ops``
 stand-ins that mmseg and mmpretrain need on mmcv-lite."""
 import os
+import shutil
+from pathlib import Path
 
 import repseg  # noqa: F401
 import pytest
@@ -48,6 +50,24 @@ def frame_check_cache(tmp_path_factory):
         os.environ.pop('REPSEG_CACHE_DIR', None)
     else:
         os.environ['REPSEG_CACHE_DIR'] = previous
+
+
+@pytest.fixture(scope='session')
+def city_copy(tmp_path_factory):
+    """``city_copy(folder, num_train=4, num_val=2, seed=1)``: a fresh copy, in
+    ``folder``, of a toy city of 64x128 frames, to break; each city is drawn once."""
+    from repseg.data.toy_city import make_toy_cityscapes
+
+    drawn = {}
+
+    def copy(folder, num_train=4, num_val=2, seed=1):
+        key = (num_train, num_val, seed)
+        if key not in drawn:
+            drawn[key] = tmp_path_factory.mktemp('city')
+            make_toy_cityscapes(drawn[key], num_train, num_val, size=(64, 128), seed=seed)
+        return Path(shutil.copytree(drawn[key], Path(folder) / 'toy'))
+
+    return copy
 
 
 @pytest.fixture(scope='module')

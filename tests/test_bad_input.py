@@ -1,7 +1,6 @@
 """User errors are caught before training or testing starts, with messages that say what
 is wrong and what to do; the tools exit with status 2 and no traceback."""
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,6 @@ import cv2
 import pytest
 import torch
 
-from repseg.data.toy_city import make_toy_cityscapes
 from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.mmseg.runner import USER_ERRORS, PreflightError, prepare_config, preflight, run_test
 
@@ -32,17 +30,10 @@ def preflight_message(root, mode='train', **options) -> str:
     return str(error.value)
 
 
-@pytest.fixture(scope='module')
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp('pristine')
-    make_toy_cityscapes(root, num_train=4, num_val=2, size=(64, 128), seed=1)
-    return root
-
-
 @pytest.fixture
-def toy(pristine, tmp_path):
+def toy(city_copy, tmp_path):
     """A fresh copy of a small toy city to break."""
-    return Path(shutil.copytree(pristine, tmp_path / 'toy'))
+    return city_copy(tmp_path)
 
 
 def test_valid_toy_city_passes(toy):

@@ -65,16 +65,21 @@ def test_write_that_dies_midway_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ['iter_2.pth']
 
 
-def test_crash_inside_a_save_leaves_the_pointer_on_the_last_complete_checkpoint(
-        tmp_path, monkeypatch):
+def crash_when_saving(monkeypatch, name: str) -> None:
+    """Make ``Runner.save_checkpoint`` die when it writes the checkpoint ``name``."""
     save = Runner.save_checkpoint
 
-    def save_then_crash_at_2(runner, out_dir, filename, *args, **kwargs):
-        if filename == 'iter_2.pth':
-            raise Crash('killed while writing iter_2.pth')
+    def save_or_crash(runner, out_dir, filename, *args, **kwargs):
+        if filename == name:
+            raise Crash(f'killed while writing {name}')
         return save(runner, out_dir, filename, *args, **kwargs)
 
-    monkeypatch.setattr(Runner, 'save_checkpoint', save_then_crash_at_2)
+    monkeypatch.setattr(Runner, 'save_checkpoint', save_or_crash)
+
+
+def test_crash_inside_a_save_leaves_the_pointer_on_the_last_complete_checkpoint(
+        tmp_path, monkeypatch):
+    crash_when_saving(monkeypatch, 'iter_2.pth')
     runner = toy_runner(tmp_path, max_iters=3)
     with pytest.raises(Crash):
         runner.train()
@@ -103,14 +108,7 @@ def test_best_checkpoint_is_kept_apart_from_the_rotation(tmp_path):
 
 
 def test_previous_best_survives_a_crash_while_saving_the_new_best(tmp_path, monkeypatch):
-    save = Runner.save_checkpoint
-
-    def crash_on_second_best(runner, out_dir, filename, *args, **kwargs):
-        if filename == 'best_score_iter_2.pth':
-            raise Crash('killed while writing the new best')
-        return save(runner, out_dir, filename, *args, **kwargs)
-
-    monkeypatch.setattr(Runner, 'save_checkpoint', crash_on_second_best)
+    crash_when_saving(monkeypatch, 'best_score_iter_2.pth')
     runner = toy_runner(tmp_path, max_iters=3, scores=[0.5, 0.9, 0.1],
                         checkpoint=dict(save_best='score', rule='greater'))
     with pytest.raises(Crash):

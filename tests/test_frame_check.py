@@ -3,7 +3,6 @@ processes, verdicts cached per file), and a frame that fails anyway during the r
 together with the iteration."""
 import json
 import os
-import shutil
 from pathlib import Path
 
 import cv2
@@ -12,7 +11,6 @@ import pytest
 
 from repseg.data import frame_check
 from repseg.data.frame_check import FrameRules, cache_file, check_frames
-from repseg.data.toy_city import make_toy_cityscapes
 from repseg.mmseg import preflight as preflight_module
 from repseg.mmseg.config import prepare_config
 from repseg.mmseg.frame_guard import (CheckedLoadAnnotations, CheckedLoadImageFromFile,
@@ -130,16 +128,10 @@ def test_corrupt_or_foreign_cache_is_ignored(tmp_path):
 
 # The pre-flight and the run -------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp('city12')
-    make_toy_cityscapes(root, num_train=12, num_val=2, size=(64, 128), seed=2)
-    return root
-
-
 @pytest.fixture
-def toy(pristine, tmp_path):
-    return Path(shutil.copytree(pristine, tmp_path / 'toy'))
+def toy(city_copy, tmp_path):
+    """12 train frames: more than the 8 the pre-flight used to decode."""
+    return city_copy(tmp_path, num_train=12)
 
 
 def data_options(root, **extra):

@@ -1,6 +1,7 @@
 """tools/train.py and tools/test.py end to end on a tiny toy city, and the config
 adaptation behind them (CPU: BN, gloo, DDP wrapper; atomic checkpoints)."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +9,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from mmseg.datasets import CityscapesDataset
+from mmseg.registry import METRICS
 
 from repseg.data.cityscapes_layout import train_id_to_label_id_lut
 from repseg.data.toy_city import make_toy_cityscapes
 from repseg.mmseg import config as config_module
-from repseg.mmseg.runner import prepare_config, run_test, run_train
+from repseg.mmseg.runner import configure_test, prepare_config, run_test, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'
@@ -83,6 +87,12 @@ def test_test_cli_prints_table_writes_json_and_labelids(trained, toy_root, tmp_p
     assert set(metrics['per_class']['road']) == {'IoU', 'Acc'}
     assert metrics['per_class']['train']['IoU'] is None  # absent in the toy city: NaN
     assert metrics['checkpoint'].endswith('iter_2.pth')
+    printed = printed_table(result.stdout)
+    assert len(printed) == 19
+    for name, (iou, acc) in printed.items():
+        assert (metrics['per_class'][name]['IoU'], metrics['per_class'][name]['Acc']) == (iou, acc)
+    present = [v['IoU'] for v in metrics['per_class'].values() if v['IoU'] is not None]
+    assert sum(present) / len(present) == pytest.approx(metrics['mIoU'], abs=0.011)
 
     written = sorted(out.glob('*_labelIds.png'))
     assert [p.name for p in written] == [f'toycity_000001_00000{i}_labelIds.png' for i in range(4)]
@@ -91,6 +101,34 @@ def test_test_cli_prints_table_writes_json_and_labelids(trained, toy_root, tmp_p
         labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert labels.shape == (64, 128) and labels.dtype == np.uint8
         assert set(np.unique(labels).tolist()) <= valid_ids
+
+
+def printed_table(stdout: str) -> dict:
+    """``{class: (IoU, Acc)}`` from mmseg's per-class table (None for nan)."""
+    rows = re.findall(r'^\|\s*([a-z][a-z ]*?)\s*\|\s*([\d.]+|nan)\s*\|\s*([\d.]+|nan)\s*\|$',
+                      stdout, re.MULTILINE)
+    value = lambda text: None if text == 'nan' else float(text)  # noqa: E731
+    return {name: (value(iou), value(acc)) for name, iou, acc in rows}
+
+
+def test_test_evaluator_ignores_255_and_reports_percent():
+    """The metric tools/test.py sets up, on a 2x4 frame with two 255 pixels, against IoU
+    by hand: road 1/2, sidewalk 3/4, building 1/1 (255 pixels in neither union)."""
+    cfg = prepare_config(DEMO_CONFIG)
+    configure_test(cfg)
+    metric = METRICS.build(cfg.test_evaluator)
+    metric.dataset_meta = dict(classes=CityscapesDataset.METAINFO['classes'])
+    label = torch.tensor([[0, 0, 1, 255], [1, 1, 2, 255]])
+    prediction = torch.tensor([[0, 1, 1, 2], [1, 1, 2, 0]])
+    metric.process([], [dict(pred_sem_seg=dict(data=prediction[None]),
+                             gt_sem_seg=dict(data=label[None]))])
+    summary = metric.evaluate(1)
+    assert summary['mIoU'] == pytest.approx(100 * (1 / 2 + 3 / 4 + 1) / 3, abs=0.01)
+    assert summary['aAcc'] == pytest.approx(100 * 5 / 6, abs=0.01)
+    assert metric.per_class['road'] == dict(IoU=50.0, Acc=50.0)
+    assert metric.per_class['sidewalk'] == dict(IoU=75.0, Acc=100.0)
+    assert metric.per_class['building'] == dict(IoU=100.0, Acc=100.0)
+    assert metric.per_class['wall'] == dict(IoU=None, Acc=None)
 
 
 def test_label_id_mapping_is_the_official_one():

@@ -220,7 +220,7 @@ def check_frames(pairs: Iterable[tuple], rules: FrameRules = FrameRules(),
         root: cache entries are stored relative to this folder (default: as given).
         workers: processes decoding in parallel; None: up to the available CPUs, one per
             :data:`MIN_PAIRS_PER_WORKER` pairs to decode.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar and log a summary line.
         desc: label of the bar.
     """
     start = time.perf_counter()
@@ -245,5 +245,10 @@ def check_frames(pairs: Iterable[tuple], rules: FrameRules = FrameRules(),
             passed[key] = stamp
     if cache is not None and pending:
         _write_cache(cache, rules, passed)
-    return FrameReport(problems, len(pairs), len(pending), from_cache,
-                       time.perf_counter() - start)
+    report = FrameReport(problems, len(pairs), len(pending), from_cache,
+                         time.perf_counter() - start)
+    if progress:
+        print_log(f'{desc}: {report.total} frames, {report.from_cache} known good from the '
+                  f'cache, {report.decoded} decoded, {len(problems)} bad '
+                  f'({report.seconds:.1f} s)', logger='current')
+    return report

@@ -31,7 +31,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from torch.utils.data import DataLoader
 
-from ..data.frame_check import default_cache_dir
+from ..data.frame_check import FrameRules, default_cache_dir
 from ..data.validate import DatasetError, check_cityscapes_split
 from ..errors import UserError
 from ..models.arch import canonical_arch_name
@@ -311,7 +311,7 @@ def dataset_problems(cfg: Config, loader_names: Sequence[str],
             if key in seen or cls is None or not issubclass(cls, CityscapesDataset):
                 continue
             seen.add(key)
-            rules = dataset_frame_rules(dataset)
+            rules = dataset_frame_rules(dataset) or FrameRules()
             try:
                 check_cityscapes_split(
                     root, key[1], key[2],
