@@ -91,6 +91,8 @@ def test_crash_inside_a_save_leaves_the_pointer_on_the_last_complete_checkpoint(
 def test_max_keep_ckpts_holds_across_resume(tmp_path):
     toy_runner(tmp_path, max_iters=3, checkpoint=dict(max_keep_ckpts=2)).train()
     assert checkpoints(tmp_path) == ['iter_2.pth', 'iter_3.pth']
+    saved = torch.load(tmp_path / 'iter_3.pth', map_location='cpu', weights_only=True)
+    assert saved['message_hub']['runtime_info']['keep_ckpt_ids'] == [2, 3]  # counts itself
     resumed = toy_runner(tmp_path, max_iters=6, checkpoint=dict(max_keep_ckpts=2), resume=True)
     resumed.train()
     assert resumed.iter == 6
