@@ -195,7 +195,7 @@ def test_checked_loaders_name_the_file(toy):
     assert str(FrameLoadError(worker_text)) == "label 'a.png' holds values [50]"
 
 
-def test_frame_failing_mid_run_names_file_and_iteration(toy, tmp_path):
+def test_frame_failing_mid_run_names_file_and_iteration(toy, tmp_path, single_thread):
     """A label changed after the check (here: the check skipped), read by a data-loader
     worker process in iteration 2: the run stops naming the file and the iteration."""
     label = toy / LABEL.format(2)

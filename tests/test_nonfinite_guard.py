@@ -26,7 +26,7 @@ def test_first_nan_loss_stops_before_its_checkpoint(tmp_path):
     assert 'loss=nan' in message and 'loss_mse=nan' in message
     for cause in ('learning rate', 'float16 overflow', 'labels outside'):
         assert cause in message
-    assert f"{tmp_path / 'iter_2.pth'}, holds finite weights" in message
+    assert f"{tmp_path / 'iter_2.pth'}, holds only finite tensors" in message
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth', 'iter_2.pth']
     assert (tmp_path / POINTER_FILE).read_text() == str(tmp_path / 'iter_2.pth')
 

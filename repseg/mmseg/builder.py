@@ -10,7 +10,7 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -63,21 +63,14 @@ def _close_matches(word: str, choices, parent: str) -> str:
             if matches else '')
 
 
-def check_cfg_options(cfg: Config, options: Mapping[str, Any]) -> None:
-    """Refuse override keys whose parent path does not exist in ``cfg``.
+def _path_problems(tree: Mapping, key: str) -> Iterator[str]:
+    """Why the override ``key`` has no place in the config ``tree`` (nothing if it has).
 
     A key may add a new leaf to an existing dict (``model.backbone.with_cp``), but every
     part before the leaf must exist, list indices must be in range, and a new top-level
-    key must be one mmengine's Runner (or repseg) reads. Raises :class:`ConfigKeyError`
-    naming every such key and the closest existing names.
+    key must be one mmengine's Runner (or repseg) reads. The message names the closest
+    existing names.
     """
-    tree = cfg.to_dict()
-    problems = [problem for key in options for problem in _path_problems(tree, key)]
-    if problems:
-        raise ConfigKeyError('\n\n'.join(problems))
-
-
-def _path_problems(tree: Mapping, key: str):
     parts = key.split('.')
     node: Any = tree
     for depth, part in enumerate(parts):
@@ -159,7 +152,7 @@ def _config_chain(path: Path, seen: Optional[set] = None) -> list:
 def apply_cfg_options(cfg: Config, cfg_options: Optional[Mapping] = None) -> Config:
     """Apply ``--cfg-options`` overrides to ``cfg`` (in place; returns it), refusing
     every key that does not fit, all in one :class:`ConfigKeyError`: a path the config
-    lacks (:func:`check_cfg_options`), or an argument the component it lands in does not
+    lacks (:func:`_path_problems`), or an argument the component it lands in does not
     take (:func:`repseg.mmseg.preflight.override_problems`)."""
     if not cfg_options:
         return cfg

@@ -44,8 +44,9 @@ def _last_checkpoint(runner) -> str:
     path = runner.message_hub.get_info('last_ckpt')
     if not path:
         return 'No checkpoint was written.'
-    return (f'The last checkpoint written, {path}, holds finite weights: fix the cause and '
-            'continue from it with --resume.')
+    return (f'The last checkpoint written, {path}, holds only finite tensors: fix the cause '
+            'and continue from it with --resume (or from an earlier one if the loss was '
+            'already climbing).')
 
 
 def _learning_rate(runner) -> str:
