@@ -67,16 +67,21 @@ def test_cli_user_errors_exit_2(argv, message, capsys):
 
 
 def test_fused_repvgg_b0_is_faster_than_train_time():
-    """One thread and minimum latencies over two rounds: steady under other processes' load
-    (measured 1.30-1.36x on a loaded 2-core Xeon)."""
+    """One thread and minimum latencies over rounds: steady under other processes' load
+    (measured 1.30-1.36x on a loaded 2-core Xeon). A busy CI neighbour can slow a whole
+    round (seen: 1.07x from two rounds), so up to six rounds are timed; the minimum of each
+    model's latencies only falls as rounds are added, and the loop stops as soon as the
+    ratio is clear."""
     settings = BenchmarkSettings(shape=(64, 64), batch=8, warmup=1, iters=3, device='cpu',
                                  count_flops=False, threads=1)
     best = {}
-    for _ in range(2):
+    for round_index in range(6):
         for record in benchmark_classifiers(['B0'], settings):
             assert record.environment['cpu_threads'] == 1
             best[record.fused] = min(best.get(record.fused, float('inf')), record.latency_ms_min)
-    ratio = best[False] / best[True]
+        ratio = best[False] / best[True]
+        if round_index >= 1 and ratio > 1.15:
+            break
     print(f'RepVGG-B0 classifier, batch 8 at 64x64, 1 CPU thread: fused/train-time '
-          f'speed {ratio:.2f}x')
+          f'speed {ratio:.2f}x after {round_index + 1} rounds')
     assert ratio > 1.1
