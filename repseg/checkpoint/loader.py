@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Union
 
 import torch
@@ -15,6 +14,7 @@ from ..models.arch import ARCH_SETTINGS
 from ..models.block import RepVGGBlock
 from ..models.fusion import BatchNormStats, fold_batch_norm, identity_kernel, sum_branches
 from .layouts import CLASSIFIER, LAYOUTS, KeyLayout
+from .sources import read_checkpoint_file, resolve_checkpoint
 
 # All three public implementations build their BNs with PyTorch's default eps.
 BN_EPS = 1e-5
@@ -56,25 +56,28 @@ class LoadReport:
 
 
 def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str]:
-    """Load a checkpoint file (``weights_only=True``) or take a dict; unwrap containers
-    (``state_dict`` / ``model``) and strip DDP ``module.`` prefixes.
+    """Read a checkpoint source or take a dict; unwrap containers (``state_dict`` /
+    ``model``) and strip DDP ``module.`` prefixes.
 
-    Returns the flat state dict and a name for messages.
+    A source is a local file (``.safetensors`` read with the safetensors library, others
+    with ``torch.load(weights_only=True)``), an http(s) URL (downloaded once into the torch
+    hub cache) or a hub name such as ``timm/repvgg_b2.rvgg_in1k``
+    (:mod:`repseg.checkpoint.sources`). Returns the flat state dict and a name for messages.
     """
     if isinstance(source, Mapping):
         obj, name = source, 'the given state dict'
     else:
-        path = Path(source)
-        name = f"'{path}'"
+        path = resolve_checkpoint(source)
+        name = f"'{source}'" if str(path) == str(source) else f"'{source}' ({path})"
         if not path.is_file():
             raise FileNotFoundError(f'checkpoint file not found: {path}')
         try:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
+            obj = read_checkpoint_file(path)
         except Exception as error:
             raise CheckpointError(
                 f'could not read checkpoint {name}: {type(error).__name__}: {error}. '
-                'The file may be truncated (interrupted download?) or not a PyTorch '
-                'checkpoint.') from error
+                'The file may be truncated (interrupted download?) or not a PyTorch or '
+                'safetensors checkpoint; delete it and fetch it again.') from error
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -230,7 +233,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     Args:
         model: a :class:`repseg.RepVGG` or the mmseg backbone (anything whose state
             dict uses repseg's key names).
-        checkpoint: a file path or a state dict.
+        checkpoint: a file (``.pth``, ``.safetensors``, ...), an http(s) URL, a hub name
+            (``timm/repvgg_b2.rvgg_in1k``, ``hf-hub:owner/name``) or a state dict.
         strict: raise :class:`CheckpointMismatchError` listing missing, unexpected and
             wrong-shape keys; otherwise load what matches and report the rest.
 

@@ -1,7 +1,6 @@
 """RepVGG as an mmsegmentation backbone, with the paper's dilation plans."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -12,6 +11,7 @@ from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_checkpoint
+from ..checkpoint.sources import CheckpointSourceError, is_foreign_url, resolve_checkpoint
 from ..errors import UserError
 from ..models.arch import canonical_arch_name, get_arch
 from ..models.block import RepVGGBlock
@@ -21,29 +21,42 @@ from ..models.repvgg import build_stem_and_stages
 PRETRAINED_HELP = (
     "RepVGG ImageNet weights are published by the paper's authors (files named "
     "RepVGG-<ARCH>-train.pth, e.g. RepVGG-B2-train.pth, linked from "
-    "https://github.com/DingXiaoH/RepVGG); timm ('repvgg_b2') and mmpretrain checkpoints "
-    "load too. Put the file at {path}, or point the config elsewhere with "
-    "--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with "
-    "--cfg-options model.backbone.init_cfg=None.")
+    "https://github.com/DingXiaoH/RepVGG), by timm (hub names such as "
+    "timm/repvgg_b2.rvgg_in1k) and by mmpretrain (URLs); all load (README, 'Pretrained "
+    "weights'). Put the file at {path}, or point the config elsewhere with "
+    "--cfg-options model.backbone.init_cfg.checkpoint=PATH_URL_OR_HUB_NAME, or train from "
+    "scratch with --cfg-options model.backbone.init_cfg=None.")
 
 
 class PretrainedNotFoundError(UserError, FileNotFoundError):
-    """The backbone's ``Pretrained`` checkpoint file does not exist."""
+    """The backbone's ``Pretrained`` checkpoint cannot be found or fetched."""
 
 
 def pretrained_checkpoint(init_cfg) -> Optional[str]:
-    """The checkpoint path of a ``dict(type='Pretrained', checkpoint=...)`` init_cfg."""
+    """The checkpoint source of a ``dict(type='Pretrained', checkpoint=...)`` init_cfg."""
     if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
         return init_cfg.get('checkpoint')
     return None
 
 
 def check_pretrained_exists(init_cfg) -> None:
-    """Raise :class:`PretrainedNotFoundError` with download help if the file is missing."""
-    path = pretrained_checkpoint(init_cfg)
-    if path and '://' not in str(path) and not Path(path).is_file():
-        raise PretrainedNotFoundError(
-            f'pretrained backbone checkpoint not found: {path}. ' + PRETRAINED_HELP.format(path=path))
+    """Make sure a ``Pretrained`` checkpoint is at hand before a run starts.
+
+    A local file must exist; a URL or hub name is fetched into its cache now (a cached
+    one costs nothing), so that an offline machine fails here with the cache path to fill
+    rather than after the Runner is built. Schemes of mmengine's own loader
+    (``open-mmlab://``, ...) are left to mmengine. Raises :class:`PretrainedNotFoundError`.
+    """
+    source = pretrained_checkpoint(init_cfg)
+    if not source or is_foreign_url(source):
+        return
+    try:
+        path = resolve_checkpoint(source)
+    except CheckpointSourceError as error:
+        raise PretrainedNotFoundError(f'pretrained backbone checkpoint: {error}') from None
+    if not path.is_file():
+        raise PretrainedNotFoundError(f'pretrained backbone checkpoint not found: {path}. '
+                                      + PRETRAINED_HELP.format(path=path))
 
 
 @MODELS.register_module(name='RepVGG')
@@ -63,8 +76,10 @@ class RepVGGBackbone(BaseModule):
         norm_eval: keep every BN in eval mode while training (frozen statistics).
         with_cp: gradient checkpointing per block (saves memory, costs time).
         deploy: build fused blocks (for fused checkpoints made by ``tools/deploy.py``).
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads ImageNet weights of
-            any layout :func:`repseg.load_checkpoint` reads (classifier dropped).
+        init_cfg: ``dict(type='Pretrained', checkpoint=SOURCE)`` loads ImageNet weights of
+            any layout :func:`repseg.load_checkpoint` reads (classifier dropped); SOURCE is
+            a file (``.pth``, ``.safetensors``), an http(s) URL or a hub name such as
+            ``'timm/repvgg_b2.rvgg_in1k'``.
     """
 
     def __init__(self, arch: str = 'B2', in_channels: int = 3,
