@@ -34,7 +34,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     make_toy_cityscapes(tmp_path / 'b', seed=7, **kwargs)
     make_toy_cityscapes(tmp_path / 'c', seed=8, **kwargs)
     a, b, c = (_files(tmp_path / n) for n in 'abc')
-    assert len(a) == 2 + 3 * 4
+    assert len(a) == 2 + 4 * 4  # split lists; image, labelIds, instanceIds, trainIds
     assert a == b
     assert a.keys() == c.keys()
     pngs = [k for k in a if k.suffix == '.png']
@@ -102,6 +102,26 @@ def test_label_ids_and_train_ids_agree(toy):
         assert np.array_equal(lut[ids], train_ids), ann.name
         values = set(np.unique(train_ids).tolist())
         assert values <= set(range(layout.NUM_CLASSES)) | {255}
+
+
+def test_instance_ids_as_cityscapes_defines_them(toy):
+    """Read as cityscapesscripts' evaluation reads them (PIL): labelId * 1000 + k on the
+    pixels of classes with instances (official table), the labelId elsewhere."""
+    from cityscapesscripts.helpers.labels import id2label
+    from PIL import Image
+
+    root, _ = toy
+    anns = sorted((root / 'gtFine').rglob('*' + layout.LABEL_ID_SUFFIX))
+    instances_per_frame = []
+    for ann in anns:
+        ids = cv2.imread(str(ann), cv2.IMREAD_UNCHANGED)
+        path = str(ann).replace(layout.LABEL_ID_SUFFIX, layout.INSTANCE_ID_SUFFIX)
+        instances = np.array(Image.open(path))
+        with_instances = np.isin(ids, [i for i, lab in id2label.items() if lab.hasInstances])
+        assert np.array_equal(instances >= 1000, with_instances), ann.name
+        assert np.array_equal(np.where(with_instances, instances // 1000, instances), ids)
+        instances_per_frame.append(len(np.unique(instances[with_instances])))
+    assert min(instances_per_frame) >= 2 and np.mean(instances_per_frame) >= 5
 
 
 def test_passes_the_dataset_checks(toy):

@@ -29,6 +29,7 @@ from repseg.benchmark import (CLS_DEFAULTS, DEFAULT_SHAPE, PAPER_PROTOCOL,  # no
                               describe_environment, format_table, records_to_json)
 from repseg.checkpoint import CheckpointError  # noqa: E402
 from repseg.mmseg.builder import ConfigKeyError  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 class UsageError(Exception):
@@ -135,6 +136,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    silence_known_warnings()
     try:
         records = run(args)
     except (UsageError, FileNotFoundError, ValueError, ConfigKeyError, CheckpointError) as error:

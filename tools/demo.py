@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repseg.data.cityscapes_layout import CLASSES  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 CONFIG = 'configs/demo/pspnet_repvgg_a0_toycity.py'
 DATA_ROOT = Path('data/toy_city')
@@ -119,6 +120,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
+    silence_known_warnings()
     start = time.perf_counter()
     total = 7
     try:

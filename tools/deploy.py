@@ -14,6 +14,7 @@ import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registra
 from repseg.checkpoint import CheckpointError  # noqa: E402
 from repseg.mmseg.builder import ConfigKeyError  # noqa: E402
 from repseg.mmseg.deploy import DeployVerificationError, deploy_segmentor  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def main():
@@ -23,6 +24,7 @@ def main():
     parser.add_argument('checkpoint', help='train-time segmentor checkpoint (e.g. iter_7440.pth)')
     parser.add_argument('out_dir', help='folder for the fused checkpoint and config')
     args = parser.parse_args()
+    silence_known_warnings()
     try:
         ckpt_path, cfg_path = deploy_segmentor(args.config, args.checkpoint, args.out_dir)
     except (FileNotFoundError, ValueError, ConfigKeyError, CheckpointError) as error:

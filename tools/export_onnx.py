@@ -26,6 +26,7 @@ from repseg.export import (DEFAULT_OPSET, LABELS_MIN_AGREEMENT, LOGITS_ATOL,  # 
                            export_onnx, load_image, onnx_session, synthetic_image,
                            verify_onnx)
 from repseg.mmseg.builder import ConfigKeyError, build_segmentor, load_config  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,6 +59,7 @@ def check_shapes(shape, dynamic):
 
 def main(argv=None):
     args = parse_args(argv)
+    silence_known_warnings()
     try:
         if min(args.shape) < 8:
             raise ValueError(f'--shape must be at least 8 8, got {args.shape}')

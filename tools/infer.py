@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
 from repseg.mmseg.runner import exit_on_user_error  # noqa: E402
 from repseg.segment import segment  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,6 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    silence_known_warnings()
     with exit_on_user_error():
         summary = segment(args.config, args.checkpoint, args.inputs, args.out_dir,
                           device=args.device, batch_size=args.batch_size,

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Evaluate a segmentor checkpoint (mmsegmentation's tools/test.py, with checks).
 
-Prints the per-class IoU / Acc table and mIoU, mAcc, aAcc, and writes them to
-<work_dir>/metrics.json. --out DIR writes Cityscapes *_labelIds.png predictions for the
-official evaluation script. The checkpoint must fit the config (fused checkpoints of
-tools/deploy.py go with their *_deploy.py config); a misfit exits with status 2.
+Fuses every RepVGG block before testing (same labels, faster; --no-fuse tests the
+train-time branches). Prints the per-class IoU / Acc table and mIoU, mAcc, aAcc, and
+writes them to <work_dir>/metrics.json. --out DIR writes Cityscapes *_labelIds.png
+predictions and prints the cityscapesscripts command that evaluates them. The
+checkpoint must fit the config (fused checkpoints of tools/deploy.py go with their
+*_deploy.py config); a misfit exits with status 2.
 """
 import argparse
 import sys
@@ -17,6 +19,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.dist import get_rank  # noqa: E402
 
 from repseg.mmseg.runner import exit_on_user_error, run_test  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,8 +31,10 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='write Cityscapes *_labelIds.png predictions here')
     parser.add_argument('--show-dir', help='save images drawn with predictions here')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument('--fp16', action='store_true',
-                        help='fuse RepVGG blocks and run in float16')
+    parser.add_argument('--fp16', action='store_true', help='run in float16')
+    parser.add_argument('--no-fuse', dest='fuse', action='store_false',
+                        help='test the train-time branches (default: fuse every RepVGG '
+                             'block first: same labels, faster)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--skip-data-check', action='store_true',
@@ -44,11 +49,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    silence_known_warnings()
     with exit_on_user_error():
         metrics = run_test(args.config, args.checkpoint, work_dir=args.work_dir, out=args.out,
                        show_dir=args.show_dir, tta=args.tta, fp16=args.fp16,
                        cfg_options=args.cfg_options, launcher=args.launcher,
-                       skip_data_check=args.skip_data_check)
+                       skip_data_check=args.skip_data_check, fuse=args.fuse)
     if 'mIoU' in metrics and get_rank() == 0:
         print('mIoU {mIoU:.2f}  mAcc {mAcc:.2f}  aAcc {aAcc:.2f}'.format(**metrics))
 

@@ -15,6 +15,7 @@ import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registra
 from mmengine.config import DictAction  # noqa: E402
 
 from repseg.mmseg.runner import exit_on_user_error, run_train  # noqa: E402
+from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,6 +27,9 @@ def parse_args(argv=None):
                         help='resume from the latest checkpoint in the work_dir')
     parser.add_argument('--amp', action='store_true',
                         help='enable automatic-mixed-precision training (CUDA)')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='also write loss, lr and mIoU for TensorBoard '
+                             '(<work_dir>/<timestamp>/vis_data)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.arch=B1g2 '
                              'train_dataloader.batch_size=4')
@@ -41,10 +45,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    silence_known_warnings()
     with exit_on_user_error():
         run_train(args.config, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
               cfg_options=args.cfg_options, launcher=args.launcher,
-              skip_data_check=args.skip_data_check)
+              skip_data_check=args.skip_data_check, tensorboard=args.tensorboard)
 
 
 if __name__ == '__main__':

@@ -35,6 +35,7 @@ ANN_ROOT = 'gtFine'
 IMG_SUFFIX = '_leftImg8bit.png'
 TRAIN_ID_SUFFIX = '_gtFine_labelTrainIds.png'
 LABEL_ID_SUFFIX = '_gtFine_labelIds.png'
+INSTANCE_ID_SUFFIX = '_gtFine_instanceIds.png'
 POLYGON_SUFFIX = '_gtFine_polygons.json'
 
 
@@ -110,13 +111,18 @@ LABELS = (
 _BY_NAME = {label.name: label for label in LABELS}
 
 
-def label_id(name):
-    """The official Cityscapes labelId of a label name such as ``'car'``."""
+def label(name):
+    """The Cityscapes :class:`Label` of a label name such as ``'car'``."""
     try:
-        return _BY_NAME[name].id
+        return _BY_NAME[name]
     except KeyError:
         raise KeyError(f'unknown Cityscapes label {name!r}; labels are: '
                        f"{', '.join(_BY_NAME)}") from None
+
+
+def label_id(name):
+    """The official Cityscapes labelId of a label name such as ``'car'``."""
+    return label(name).id
 
 
 def label_id_to_train_id_lut():

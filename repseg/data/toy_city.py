@@ -24,6 +24,8 @@ from tqdm import tqdm
 from . import cityscapes_layout as layout
 
 CITY = 'toycity'
+#: Cityscapes instanceIds: ``labelId * INSTANCE_OFFSET + instance number``.
+INSTANCE_OFFSET = 1000
 
 # Per label name: base RGB colour, per-object colour spread, fine (per pixel)
 # and coarse (blotchy) noise amplitudes.
@@ -49,13 +51,34 @@ CLOTHES = ((40, 40, 60), (120, 30, 30), (70, 70, 70), (30, 60, 100),
 
 
 class _Canvas:
-    """An RGB image and its labelId map, painted together."""
+    """An RGB image, its labelId map and its Cityscapes instanceId map, painted together.
+
+    Instance ids follow Cityscapes: pixels of a class with instances (car, person, ...)
+    inside an object begun with :meth:`begin_object` get ``labelId * 1000 + k`` (k counts
+    that class's objects in the frame from 0); every other pixel gets its labelId.
+    """
 
     def __init__(self, rng, height, width):
         self.rng = rng
         self.height, self.width = height, width
         self.rgb = np.zeros((height, width, 3), np.uint8)
         self.ids = np.zeros((height, width), np.uint8)
+        self.instance_ids = np.zeros((height, width), np.uint16)
+        self._instance_counts = {}
+        self._object = None  # label name -> instance number, within the current object
+
+    def begin_object(self):
+        """Start a new object: its car / person pixels form new instances."""
+        self._object = {}
+
+    def _instance_value(self, name):
+        label = layout.label(name)
+        if not label.has_instances or self._object is None:
+            return label.id
+        if name not in self._object:
+            self._object[name] = self._instance_counts.get(name, 0)
+            self._instance_counts[name] = self._object[name] + 1
+        return label.id * INSTANCE_OFFSET + self._object[name]
 
     def colour(self, name, base=None):
         ref, spread = APPEARANCE[name][:2]
@@ -69,6 +92,7 @@ class _Canvas:
         cv2.fillPoly(self.rgb, points, colour or self.colour(name))
         if label:
             cv2.fillPoly(self.ids, points, layout.label_id(name))
+            cv2.fillPoly(self.instance_ids, points, self._instance_value(name))
 
     def rect(self, name, x0, y0, x1, y1, colour=None, label=True):
         self.poly(name, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)], colour,
@@ -79,6 +103,16 @@ class _Canvas:
         cv2.circle(self.rgb, centre, radius, colour or self.colour(name), -1)
         if label:
             cv2.circle(self.ids, centre, radius, layout.label_id(name), -1)
+            cv2.circle(self.instance_ids, centre, radius,
+                       self._instance_value(name), -1)
+
+    def ellipse(self, name, centre, axes, start, end):
+        """A filled elliptic arc (as ``cv2.ellipse``), labelled ``name``."""
+        cv2.ellipse(self.rgb, centre, axes, 0, start, end, self.colour(name), -1)
+        cv2.ellipse(self.ids, centre, axes, 0, start, end, layout.label_id(name),
+                    -1)
+        cv2.ellipse(self.instance_ids, centre, axes, 0, start, end,
+                    self._instance_value(name), -1)
 
 
 class _Street:
@@ -128,6 +162,7 @@ def _draw_skyline(cv, street, rng):
     gradient = (1 - t) * np.asarray(top) + t * np.asarray(low)
     cv.rgb[:] = gradient.astype(np.uint8)
     cv.ids[:] = layout.label_id('sky')
+    cv.instance_ids[:] = layout.label_id('sky')
     x = -rng.uniform(0, 0.1) * w
     far = max(street.vx, w - street.vx)
     while x < w:
@@ -283,6 +318,7 @@ def _draw_objects(cv, street, rng):
             k = rng.uniform(left, right)
         objects.append((_draw_person, k, rng.uniform(0.25, 1.0)))
     for draw, k, s in sorted(objects, key=lambda obj: obj[2]):
+        cv.begin_object()
         draw(cv, street.x(k, s), street.y(s), size * s * 1.6, rng)
 
 
@@ -313,8 +349,9 @@ def draw_scene(rng, height, width):
         height, width (int): frame size in pixels.
 
     Returns:
-        tuple: ``(rgb, label_ids)``, an ``(H, W, 3)`` uint8 RGB image and an
-        ``(H, W)`` uint8 map of Cityscapes labelIds.
+        tuple: ``(rgb, label_ids, instance_ids)``, an ``(H, W, 3)`` uint8 RGB
+        image, an ``(H, W)`` uint8 map of Cityscapes labelIds and an ``(H, W)``
+        uint16 map of Cityscapes instanceIds (see :class:`_Canvas`).
     """
     cv = _Canvas(rng, height, width)
     street = _Street(rng, height, width)
@@ -323,13 +360,9 @@ def draw_scene(rng, height, width):
     _draw_objects(cv, street, rng)
     if rng.random() < 0.4:
         bonnet = height * rng.uniform(0.04, 0.1)
-        cv2.ellipse(cv.rgb, (width // 2, int(height + bonnet)),
-                    (int(width * 0.7), int(2 * bonnet)), 0, 180, 360,
-                    cv.colour('ego vehicle'), -1)
-        cv2.ellipse(cv.ids, (width // 2, int(height + bonnet)),
-                    (int(width * 0.7), int(2 * bonnet)), 0, 180, 360,
-                    layout.label_id('ego vehicle'), -1)
-    return _texture(cv, rng), cv.ids
+        cv.ellipse('ego vehicle', (width // 2, int(height + bonnet)),
+                   (int(width * 0.7), int(2 * bonnet)), 180, 360)
+    return _texture(cv, rng), cv.ids, cv.instance_ids
 
 
 def frame_name(split, index):
@@ -344,8 +377,9 @@ def make_toy_cityscapes(out_dir, num_train=48, num_val=12, size=(128, 256),
     """Write a toy city in the Cityscapes layout under ``out_dir``.
 
     Writes ``leftImg8bit/<split>/toycity/*_leftImg8bit.png``, the matching
-    ``gtFine/<split>/toycity/*_gtFine_labelIds.png`` and
-    ``*_gtFine_labelTrainIds.png``, and the split lists ``train.txt`` and
+    ``gtFine/<split>/toycity/*_gtFine_labelIds.png``,
+    ``*_gtFine_instanceIds.png`` (16-bit, as Cityscapes' evaluation reads them)
+    and ``*_gtFine_labelTrainIds.png``, and the split lists ``train.txt`` and
     ``val.txt`` (``toycity/<basename>`` per line).
 
     Args:
@@ -375,11 +409,12 @@ def make_toy_cityscapes(out_dir, num_train=48, num_val=12, size=(128, 256),
         for index in tqdm(range(num), desc=f'toy city {split}', unit='img'):
             rng = np.random.default_rng(
                 [seed, layout.SPLITS.index(split), index])
-            rgb, ids = draw_scene(rng, height, width)
+            rgb, ids, instance_ids = draw_scene(rng, height, width)
             train_ids = lut[ids]
             name = frame_name(split, index)
             _write_png(img_dir / (name + layout.IMG_SUFFIX), rgb[..., ::-1])
             _write_png(ann_dir / (name + layout.LABEL_ID_SUFFIX), ids)
+            _write_png(ann_dir / (name + layout.INSTANCE_ID_SUFFIX), instance_ids)
             _write_png(ann_dir / (name + layout.TRAIN_ID_SUFFIX), train_ids)
             if split == 'train':
                 counts += np.bincount(train_ids.ravel(), minlength=256)

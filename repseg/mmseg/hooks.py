@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import shlex
 from collections import deque
 from typing import Optional, Sequence
 
@@ -35,6 +36,8 @@ from .nonfinite import refuse_nonfinite_weights
 ATOMIC_BACKEND = 'atomic_local'
 #: File in the work dir naming the latest checkpoint (mmengine's resume looks there).
 POINTER_FILE = 'last_checkpoint'
+#: cityscapesscripts' console script for pixel-level (semantic) evaluation.
+CITYSCAPES_EVAL_SCRIPT = 'csEvalPixelLevelSemanticLabeling'
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -143,19 +146,34 @@ def labelids_name(img_path: str) -> str:
     return f'{stem}_labelIds.png'
 
 
+def cityscapes_eval_command(data_root: Optional[str], results: str, export_dir: str) -> str:
+    """The shell command that runs cityscapesscripts' pixel-level evaluation of the
+    ``*_labelIds.png`` in ``results`` against ``<data_root>/gtFine/val``; it writes
+    ``resultPixelLevelSemanticLabeling.json`` to ``export_dir``."""
+    def path(value):
+        return shlex.quote(osp.abspath(value))
+
+    dataset = path(data_root) if data_root else '<your Cityscapes root>'
+    return (f'CITYSCAPES_DATASET={dataset} CITYSCAPES_RESULTS={path(results)} '
+            f'CITYSCAPES_EXPORT_DIR={path(export_dir)} {CITYSCAPES_EVAL_SCRIPT}')
+
+
 @HOOKS.register_module()
 class CityscapesLabelIdsHook(Hook):
     """Write every test prediction to ``out_dir`` as a Cityscapes ``*_labelIds.png``.
 
     Predictions are trainIds (0-18); the official evaluation reads labelIds, so each is
     mapped through :func:`repseg.data.cityscapes_layout.train_id_to_label_id_lut`. Each
-    rank writes its own images.
+    rank writes its own images. After the test, the exact command of the official
+    evaluation is logged (:func:`cityscapes_eval_command`; ``data_root`` is the test
+    set's Cityscapes root).
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, data_root: Optional[str] = None):
         self.out_dir = out_dir
+        self.data_root = data_root
         self.lut = layout.train_id_to_label_id_lut()
         self.written = 0
 
@@ -173,9 +191,13 @@ class CityscapesLabelIdsHook(Hook):
             self.written += 1
 
     def after_test(self, runner) -> None:
-        runner.logger.info(f'wrote {self.written} Cityscapes *_labelIds.png predictions to '
-                           f'{self.out_dir} (evaluate with cityscapesscripts\' '
-                           'csEvalPixelLevelSemanticLabeling)')
+        command = cityscapes_eval_command(self.data_root, self.out_dir, runner.work_dir)
+        runner.logger.info(
+            f'wrote {self.written} Cityscapes *_labelIds.png predictions to {self.out_dir}. '
+            "Cityscapes' own evaluation scores them against every frame of "
+            '<root>/gtFine/val (instance-level scores from its *_gtFine_instanceIds.png) '
+            f'and writes resultPixelLevelSemanticLabeling.json to {runner.work_dir}:\n'
+            f'    {command}')
 
 
 @METRICS.register_module()

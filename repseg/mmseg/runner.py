@@ -24,16 +24,19 @@ from typing import Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ..errors import UserError
 from ..fileio import write_text_atomically
+from ..logs import quiet_logger
 from .builder import read_segmentor_checkpoint, segmentor_of
 from .config import enable_amp, prepare_config
 from .frame_guard import FrameLoadError
 from .hooks import CityscapesLabelIdsHook, PerClassIoUMetric
 from .preflight import PreflightError, checked_weights, config_problems, preflight
+from .tensorboard import add_tensorboard
 
 __all__ = ['USER_ERRORS', 'PreflightError', 'build_runner', 'checked_weights',
            'config_problems', 'configure_test', 'enable_amp', 'exit_on_user_error',
@@ -110,7 +113,8 @@ def build_runner(cfg: Config):
     Each run gets its own experiment and visualizer name, so several runs in one process
     (tests, notebooks) do not share a log file or a visualizer. A model that cannot be
     built from the config is reported as a :class:`PreflightError`. On distributed runs,
-    ranks other than 0 also log to ``<log dir>/rank<N>.log``.
+    ranks other than 0 also log to ``<log dir>/rank<N>.log``. mmengine's known-harmless
+    log notices are dropped (:func:`repseg.logs.quiet_logger`).
     """
     from mmengine.runner import Runner
 
@@ -126,6 +130,7 @@ def build_runner(cfg: Config):
         if 'class `' not in message:  # not a registry build failure: a bug, keep the traceback
             raise
         raise PreflightError(f'cannot build the model from {cfg.filename}: {message}') from error
+    quiet_logger(runner.logger)
     if runner.distributed and runner.rank != 0:
         os.makedirs(runner.log_dir, exist_ok=True)
         handler = logging.FileHandler(os.path.join(runner.log_dir, f'rank{runner.rank}.log'))
@@ -160,7 +165,7 @@ def frame_failures_named(runner) -> Iterator[None]:
 
 def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp: bool = False,
               cfg_options: Optional[Mapping] = None, launcher: str = 'none',
-              skip_data_check: bool = False):
+              skip_data_check: bool = False, tensorboard: bool = False):
     """``tools/train.py``: prepare, check, build the Runner, train. Returns the Runner.
 
     Args:
@@ -173,6 +178,7 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
         launcher: 'none', 'pytorch' (torchrun) or 'slurm'.
         skip_data_check: do not decode every frame before training
             (as ``skip_data_check=True`` in the config).
+        tensorboard: also log scalars for TensorBoard (:mod:`repseg.mmseg.tensorboard`).
     """
     cfg = prepare_config(config, cfg_options, work_dir, launcher)
     cfg.resume = resume
@@ -180,6 +186,8 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
         cfg.skip_data_check = True
     if amp:
         enable_amp(cfg)
+    if tensorboard:
+        add_tensorboard(cfg)
     preflight(cfg, 'train', str(config))
     init_distributed(launcher)
     runner = build_runner(cfg)
@@ -205,15 +213,31 @@ def configure_test(cfg: Config, out: Optional[str] = None, show_dir: Optional[st
     if isinstance(evaluator, Mapping) and evaluator.get('type') in ('IoUMetric', 'mmseg.IoUMetric'):
         evaluator['type'] = PerClassIoUMetric.__name__
     if out:
+        data_root = (cfg.test_dataloader.get('dataset') or {}).get('data_root')
         cfg.custom_hooks = [*(cfg.get('custom_hooks') or []),
-                            dict(type=CityscapesLabelIdsHook.__name__, out_dir=out)]
+                            dict(type=CityscapesLabelIdsHook.__name__, out_dir=out,
+                                 data_root=data_root)]
     cfg.load_from = None  # loaded by checked_weights, strictly
+
+
+def _prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool) -> None:
+    """Fuse the RepVGG blocks unless ``fuse`` is False (same labels, faster); float16 if
+    asked (:func:`repseg.inference.prepare_for_inference`)."""
+    from ..inference import prepare_for_inference
+    from ..models.block import RepVGGBlock
+
+    prepare_for_inference(segmentor, fuse=fuse, fp16=fp16)
+    if any(isinstance(module, RepVGGBlock) for module in segmentor.modules()):
+        model = ('fused model (--no-fuse: train-time branches)' if fuse
+                 else 'train-time branches (--no-fuse)')
+        print_log(f"testing the {model} in {'float16' if fp16 else 'float32'}",
+                  logger='current')
 
 
 def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[str] = None,
              show_dir: Optional[str] = None, tta: bool = False, fp16: bool = False,
              cfg_options: Optional[Mapping] = None, launcher: str = 'none',
-             skip_data_check: bool = False) -> dict:
+             skip_data_check: bool = False, fuse: bool = True) -> dict:
     """``tools/test.py``: prepare, check, load the checkpoint strictly, evaluate.
 
     Logs mmseg's per-class table (IoU, Acc) and writes ``<work_dir>/metrics.json``
@@ -223,9 +247,10 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         out: also write Cityscapes ``*_labelIds.png`` predictions to this folder.
         show_dir: save drawn predictions there (mmseg's visualization hook).
         tta: multi-scale + flip test-time augmentation (the config's ``tta_pipeline``).
-        fp16: fuse RepVGG blocks and run in float16
-            (:func:`repseg.inference.prepare_for_inference`).
+        fp16: run in float16 (:func:`repseg.inference.prepare_for_inference`).
         skip_data_check: do not decode every test frame first.
+        fuse: fuse every RepVGG block into one 3x3 conv before testing (same labels,
+            faster); False tests the train-time branches.
 
     Returns:
         ``{'mIoU': ..., 'mAcc': ..., 'aAcc': ..., 'per_class': {...}}`` (percent).
@@ -242,11 +267,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     runner = build_runner(cfg)
     segmentor_of(runner.model).load_state_dict(weights)
     del weights
-    if fp16:
-        from ..inference import prepare_for_inference
-
-        prepare_for_inference(segmentor_of(runner.model), fuse=True, fp16=True)
-        print_log('testing the fused model in float16', logger='current')
+    _prepare_for_test(segmentor_of(runner.model), fuse, fp16)
     with frame_failures_named(runner):
         metrics = dict(runner.test())
     per_class = next((m.per_class for m in runner.test_loop.evaluator.metrics
@@ -256,6 +277,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     if runner.rank == 0:
         path = Path(runner.work_dir) / METRICS_FILE
         record = dict(config=str(config), checkpoint=str(checkpoint), tta=tta, fp16=fp16,
+                      fused=fuse,
                       **{k: round(float(v), 4) if k != 'per_class' else v
                          for k, v in metrics.items()})
         write_text_atomically(path, json.dumps(record, indent=2) + '\n')
