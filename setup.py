@@ -32,11 +32,15 @@ setup(
         'regex',              # imported by mmseg without being declared
         'cityscapesscripts',
         'tqdm',
+        'safetensors>=0.4',   # timm's published weights, read whatever torch.load accepts
+        'huggingface_hub>=0.20',  # hub names (timm/repvgg_b2.rvgg_in1k) and their cache
     ],
     extras_require={
         'lite': [MMCV_RANGE.replace('mmcv', 'mmcv-lite', 1)],
         'full': [MMCV_RANGE],
         'onnx': ['onnx', 'onnxruntime'],
-        'test': ['pytest', 'timm', 'mmpretrain>=1.2', 'onnx', 'onnxruntime'],
+        'tensorboard': ['tensorboard>=2.10'],  # tools/train.py --tensorboard
+        'test': ['pytest', 'timm', 'mmpretrain>=1.2', 'onnx', 'onnxruntime',
+                 'tensorboard>=2.10'],
     },
 )

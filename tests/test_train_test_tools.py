@@ -1,6 +1,8 @@
 """tools/train.py and tools/test.py end to end on a tiny toy city, and the config
 adaptation behind them (CPU: BN, gloo, DDP wrapper; atomic checkpoints)."""
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from mmseg.registry import METRICS
 from repseg.data.cityscapes_layout import train_id_to_label_id_lut
 from repseg.data.toy_city import make_toy_cityscapes
 from repseg.mmseg import config as config_module
+from repseg.mmseg.hooks import CITYSCAPES_EVAL_SCRIPT
 from repseg.mmseg.runner import configure_test, prepare_config, run_test, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +52,24 @@ def toy_root(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def trained(toy_root, tmp_path_factory):
-    """Train 2 iterations through the CLI; returns the work dir."""
+def train_run(toy_root, tmp_path_factory):
+    """Train 2 iterations through the CLI, validating and logging for TensorBoard at the
+    end; returns the work dir and the finished process (its output)."""
     work_dir = tmp_path_factory.mktemp('train')
     result = subprocess.run(
         [sys.executable, str(ROOT / 'tools/train.py'), str(DEMO_CONFIG), '--work-dir',
-         str(work_dir), *as_cli(tiny_options(toy_root))],
+         str(work_dir), '--tensorboard',
+         *as_cli(tiny_options(toy_root, **{'train_cfg.val_interval': 2}))],
         capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'Iter(train) [2/2]' in result.stdout
-    return work_dir
+    assert 'Iter(train) [2/2]' in result.stdout and 'Iter(val) [4/4]' in result.stdout
+    return work_dir, result
+
+
+@pytest.fixture(scope='module')
+def trained(train_run):
+    """The work dir of :func:`train_run` (checkpoint ``iter_2.pth``)."""
+    return train_run[0]
 
 
 def test_train_writes_checkpoint_and_pointer(trained):
@@ -101,6 +112,28 @@ def test_test_cli_prints_table_writes_json_and_labelids(trained, toy_root, tmp_p
         labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert labels.shape == (64, 128) and labels.dtype == np.uint8
         assert set(np.unique(labels).tolist()) <= valid_ids
+    assert_cityscapes_evaluation_agrees(result.stdout, metrics, tmp_path)
+
+
+def assert_cityscapes_evaluation_agrees(test_stdout, metrics, work_dir):
+    """Run the command test.py printed (cityscapesscripts' own pixel-level evaluation, with
+    its instance-level scores) and compare its class IoUs and mean with test.py's."""
+    lines = [line.strip() for line in test_stdout.splitlines()]
+    command = next(line for line in lines if line.endswith(CITYSCAPES_EVAL_SCRIPT))
+    env = dict(os.environ, PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}')
+    evaluation = subprocess.run(['bash', '-c', command], capture_output=True, text=True,
+                                env=env)
+    assert evaluation.returncode == 0, evaluation.stdout[-2000:] + evaluation.stderr[-2000:]
+    result = json.loads((work_dir / 'resultPixelLevelSemanticLabeling.json').read_text())
+    assert abs(100 * result['averageScoreClasses'] - metrics['mIoU']) <= 0.01
+    assert not math.isnan(result['averageScoreInstClasses'])  # read the instanceIds
+    assert len(metrics['per_class']) == 19
+    for name, values in metrics['per_class'].items():
+        score, expected = result['classScores'][name], values['IoU']
+        if expected is None:
+            assert math.isnan(score), name
+        else:
+            assert abs(100 * score - expected) <= 0.01, name
 
 
 def printed_table(stdout: str) -> dict:
@@ -138,9 +171,61 @@ def test_label_id_mapping_is_the_official_one():
                                  31, 32, 33]
 
 
-def test_fp16_tta_and_show_dir_in_process(trained, toy_root, tmp_path):
-    metrics = run_test(DEMO_CONFIG, trained / 'iter_2.pth', work_dir=str(tmp_path / 'plain'),
-                   cfg_options=tiny_options(toy_root))
+@pytest.fixture(scope='module')
+def default_test(trained, toy_root, tmp_path_factory):
+    """``run_test`` with default settings (fused) writing labelIds: (metrics, work dir, out)."""
+    work_dir, out = tmp_path_factory.mktemp('test_default'), tmp_path_factory.mktemp('out')
+    metrics = run_test(DEMO_CONFIG, trained / 'iter_2.pth', work_dir=str(work_dir),
+                       out=str(out), cfg_options=tiny_options(toy_root))
+    return metrics, work_dir, out
+
+
+def test_fused_by_default_same_labels_and_miou_as_no_fuse(default_test, trained, toy_root,
+                                                          tmp_path):
+    fused, fused_dir, fused_out = default_test
+    unfused = run_test(DEMO_CONFIG, trained / 'iter_2.pth', fuse=False,
+                       work_dir=str(tmp_path), out=str(tmp_path / 'out'),
+                       cfg_options=tiny_options(toy_root))
+    for key in ('mIoU', 'mAcc', 'aAcc', 'per_class'):
+        assert fused[key] == unfused[key], key
+    fused_files = sorted(fused_out.glob('*_labelIds.png'))
+    assert len(fused_files) == 4
+    for path in fused_files:
+        labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(labels, cv2.imread(str(tmp_path / 'out' / path.name),
+                                                 cv2.IMREAD_UNCHANGED)), path.name
+    assert json.loads((fused_dir / 'metrics.json').read_text())['fused'] is True
+    assert json.loads((tmp_path / 'metrics.json').read_text())['fused'] is False
+
+
+def test_tensorboard_event_file_holds_loss_lr_and_miou(trained):
+    """The TensorBoard backend's scalars equal those mmengine's JSON backend wrote."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list(trained.glob('*/vis_data/events.out.tfevents.*'))
+    assert len(events) == 1
+    accumulator = EventAccumulator(str(events[0]))
+    accumulator.Reload()
+    json_lines = (events[0].parent / 'scalars.json').read_text().splitlines()
+    logged = [json.loads(line) for line in json_lines]
+    for tag in ('loss', 'lr', 'mIoU', 'aAcc'):
+        expected = [(r['step'], r[tag]) for r in logged if tag in r]
+        found = [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        assert [s for s, _ in found] == [s for s, _ in expected] and expected, tag
+        assert np.allclose([v for _, v in found], [v for _, v in expected], rtol=1e-6), tag
+    assert [e.step for e in accumulator.Scalars('mIoU')] == [2]
+
+
+def test_tools_print_no_known_harmless_warnings(train_run):
+    _, result = train_run
+    for notice in ('build_loss', 'avg_non_ignore', 'The draw is False'):
+        assert notice not in result.stderr
+    for notice in ('"FileClient" will be deprecated', 'HardDiskBackend', 'prefix is not set'):
+        assert notice not in result.stdout
+
+
+def test_fp16_tta_and_show_dir_in_process(default_test, trained, toy_root, tmp_path):
+    metrics = default_test[0]
     half = run_test(DEMO_CONFIG, trained / 'iter_2.pth', work_dir=str(tmp_path / 'fp16'),
                 fp16=True, show_dir=str(tmp_path / 'show'), cfg_options=tiny_options(toy_root))
     assert abs(half['aAcc'] - metrics['aAcc']) < 2.0

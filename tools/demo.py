@@ -74,8 +74,8 @@ def majority_baseline(label_dir, num_classes: int = 19, ignore_index: int = 255)
     return 100.0 * counts[top] / counts.sum() / np.count_nonzero(counts), top
 
 
-def test_miou(config, checkpoint, work_dir: Path) -> float:
-    run('tools/test.py', str(config), str(checkpoint), '--work-dir', str(work_dir))
+def test_miou(config, checkpoint, work_dir: Path, *options: str) -> float:
+    run('tools/test.py', str(config), str(checkpoint), '--work-dir', str(work_dir), *options)
     return json.loads((work_dir / 'metrics.json').read_text())['mIoU']
 
 
@@ -137,8 +137,9 @@ def main(argv=None):
         train_seconds = time.perf_counter() - train_start
         checkpoint = Path((ROOT / WORK_DIR / 'last_checkpoint').read_text().strip())
 
-        announce(3, total, 'test the trained model (whole 128x256 val frames)')
-        miou = test_miou(CONFIG, checkpoint, WORK_DIR / 'test')
+        announce(3, total, 'test the trained model, train-time branches (whole 128x256 '
+                           'val frames)')
+        miou = test_miou(CONFIG, checkpoint, WORK_DIR / 'test', '--no-fuse')
         baseline, top = majority_baseline(ROOT / DATA_ROOT / 'gtFine' / 'val')
         print(f'\nmIoU {miou:.2f}  vs  {baseline:.2f} for always predicting '
               f"'{CLASSES[top]}' (the most frequent val class)", flush=True)
