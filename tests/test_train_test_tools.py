@@ -59,7 +59,7 @@ def train_run(toy_root, tmp_path_factory):
     result = subprocess.run(
         [sys.executable, str(ROOT / 'tools/train.py'), str(DEMO_CONFIG), '--work-dir',
          str(work_dir), '--tensorboard',
-         *as_cli(tiny_options(toy_root, **{'train_cfg.val_interval': 2}))],
+         *as_cli(tiny_options(toy_root))],
         capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Iter(train) [2/2]' in result.stdout and 'Iter(val) [4/4]' in result.stdout
