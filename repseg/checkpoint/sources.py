@@ -108,8 +108,10 @@ def hf_hub_cache_dir() -> Path:
 
 
 def hf_hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` asks for the cache only (as huggingface_hub reads it)."""
-    return os.environ.get('HF_HUB_OFFLINE', '').upper() in ('1', 'ON', 'YES', 'TRUE')
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for the cache only,
+    read at call time as huggingface_hub reads it at import."""
+    value = os.environ.get('HF_HUB_OFFLINE') or os.environ.get('TRANSFORMERS_OFFLINE') or ''
+    return value.upper() in ('1', 'ON', 'YES', 'TRUE')
 
 
 def resolve_checkpoint(source: PathLike) -> Path:
