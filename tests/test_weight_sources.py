@@ -15,7 +15,7 @@ from mmseg.registry import MODELS
 
 import repseg
 from repseg.checkpoint import CheckpointError, CheckpointSourceError
-from repseg.mmseg.runner import pretrained_problems
+from repseg.mmseg.preflight import pretrained_problems
 from tiny_models import load_tool
 from timm import create_model as timm_create_model  # noqa: I100 (after repseg)
 
