@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
 
+from .errors import InvalidArgumentError
+
 #: Submodules that only exist for training and are not part of the inference cost.
 TRAIN_ONLY_MODULES = ('auxiliary_head',)
 
@@ -62,7 +64,7 @@ def count_flops(model: nn.Module, shape: Sequence[int] = (1024, 2048)) -> float:
     model at 1024x2048 on CPU takes tens of seconds.
     """
     if len(shape) != 2:
-        raise ValueError(f'shape must be (H, W), got {tuple(shape)}')
+        raise InvalidArgumentError(f'shape must be (H, W), got {tuple(shape)}')
     param = next(model.parameters())
     inputs = torch.randn(1, 3, *shape, dtype=param.dtype, device=param.device)
     was_training = model.training

@@ -48,7 +48,9 @@ from mmengine.logging import print_log
 from mmseg.models.decode_heads.psp_head import PPM
 
 from .analysis import count_flops
-from .inference import prepare_for_inference
+from .errors import InvalidArgumentError
+from .fileio import write_text_atomically
+from .inference import check_device, prepare_for_inference
 from .mmseg.fast_psp import FastPPM, pyramid_avg_pool2d
 from .models.arch import canonical_arch_name
 from .models.block import RepVGGBlock
@@ -166,11 +168,9 @@ def configure_backends(settings: BenchmarkSettings) -> None:
     """
     if settings.threads is not None:
         if settings.threads < 1:
-            raise ValueError(f'threads must be >= 1, got {settings.threads}')
+            raise InvalidArgumentError(f'threads must be >= 1, got {settings.threads}')
         torch.set_num_threads(settings.threads)
-    if torch.device(settings.device).type == 'cuda':
-        if not torch.cuda.is_available():
-            raise RuntimeError(f'device {settings.device!r} requested but CUDA is not available')
+    if check_device(settings.device).type == 'cuda':
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = settings.tf32
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
@@ -243,7 +243,7 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, device: str,
                name: str = '') -> tuple[list[float], Optional[float]]:
     """Seconds per call of ``fn`` after ``warmup`` calls, and the peak memory in MB."""
     if iters < 1 or warmup < 0:
-        raise ValueError(f'need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}')
+        raise InvalidArgumentError(f'need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}')
     memory = PeakMemory(device)
     memory.start()
     print_log(f'{name}: {warmup} warm-up calls, {iters} timed calls', logger='current')
@@ -345,9 +345,9 @@ def _onnx_segmentation_target(config, model: nn.Module, settings: BenchmarkSetti
     from .export import export_onnx, onnx_session, run_onnx
 
     if torch.device(settings.device).type != 'cpu':
-        raise ValueError('the onnxruntime backend is timed on CPU only (--device cpu)')
+        raise InvalidArgumentError('the onnxruntime backend is timed on CPU only (--device cpu)')
     if settings.fp16 or settings.channels_last:
-        raise ValueError('the onnxruntime backend runs the float32 NCHW export; '
+        raise InvalidArgumentError('the onnxruntime backend runs the float32 NCHW export; '
                          'drop --fp16/--channels-last')
     tmp = tempfile.mkdtemp(prefix='repseg_bench_')
     path = Path(tmp) / 'model.onnx'
@@ -385,7 +385,7 @@ def classification_targets(name: str, settings: BenchmarkSettings) -> Iterator[T
     A generator: each model is built when the previous one has been measured.
     """
     if settings.backend != 'pytorch':
-        raise ValueError('classification mode runs the pytorch backend only')
+        raise InvalidArgumentError('classification mode runs the pytorch backend only')
     inputs = torch.randn(settings.batch, 3, *settings.shape, device=settings.device)
     _, repvgg = classifier_model(name, build=False)
     for fused in ((False, True) if repvgg else (None,)):
@@ -581,6 +581,6 @@ def describe_environment(records: Sequence[BenchmarkRecord]) -> str:
 
 
 def records_to_json(records: Sequence[BenchmarkRecord], path: os.PathLike | str) -> None:
-    """Write the records as a JSON list of flat objects (fields: :class:`BenchmarkRecord`)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps([r.to_dict() for r in records], indent=2) + '\n')
+    """Write the records (atomically) as a JSON list of flat objects (fields:
+    :class:`BenchmarkRecord`)."""
+    write_text_atomically(path, json.dumps([r.to_dict() for r in records], indent=2) + '\n')

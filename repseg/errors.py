@@ -1,14 +1,36 @@
-"""The one base class of errors that are the user's to fix.
+"""The base classes of repseg's errors, by whose fault they are.
 
-Command-line tools print such an error as one ``error: ...`` paragraph and exit with
-status 2; any other exception is a bug and keeps its traceback (exit status 1). Each
-concrete error also derives from the built-in type callers would expect (``ValueError``,
-``KeyError``, ``FileNotFoundError``), so ``except ValueError`` keeps working.
+* :class:`UserError`: bad input or an impossible request, the user's to fix. Tools print
+  it as one ``error: ...`` paragraph and exit with status 2 (see :mod:`repseg.cli`).
+  Each concrete error also derives from the built-in type callers would expect
+  (``ValueError``, ``KeyError``, ``FileNotFoundError``), so ``except ValueError`` keeps
+  working.
+* :class:`VerificationError`: a tool's own check of what it wrote failed (a fused model
+  or an ONNX graph that does not reproduce the original). Not the user's input, so exit
+  status 1 like a bug; but the message already says all a traceback would.
+* Anything else is a bug and keeps its traceback (exit status 1).
 
-This module imports nothing heavy, so a tool can name the class before torch is loaded.
+This module imports nothing, so its classes can be named before torch is loaded.
 """
 
 
 class UserError(Exception):
     """Bad input or an impossible request: the message names the file or key, what was
     found, what was expected and the fix."""
+
+
+class InvalidArgumentError(UserError, ValueError):
+    """An argument value a function or tool cannot take (an unknown arch name, a
+    negative class count, a combination of options that does not go together)."""
+
+
+class InvalidArgumentTypeError(UserError, TypeError):
+    """An argument of the wrong type (a string where a model is expected, ...)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """A tool would replace existing outputs (or its own input) without ``--force``."""
+
+
+class VerificationError(RuntimeError):
+    """A tool's check of its own output failed; the output was not kept."""

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 
+from .errors import InvalidArgumentError, VerificationError
+from .fileio import write_atomically
 from .inference import prepare_for_inference, remove_input_cast
 
 DEFAULT_OPSET = 17
@@ -45,7 +47,7 @@ LABELS_MIN_AGREEMENT = 0.999
 PathLike = Union[str, os.PathLike]
 
 
-class OnnxVerificationError(RuntimeError):
+class OnnxVerificationError(VerificationError):
     """onnxruntime's output differs from PyTorch's by more than the tolerance."""
 
 
@@ -95,7 +97,8 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
 def export_onnx(model: nn.Module, out: PathLike, shape: Sequence[int] = (512, 1024),
                 dynamic: bool = False, labels: bool = False,
                 opset: int = DEFAULT_OPSET, batch: int = 1) -> nn.Module:
-    """Export ``model`` (an mmseg segmentor, train-time or fused) to ``out`` and check it.
+    """Export ``model`` (an mmseg segmentor, train-time or fused) to ``out`` and run
+    ``onnx.checker`` on it. ``out`` is written atomically (after the checker passed).
 
     Args:
         model: the segmentor; it is not changed (a fused copy is exported).
@@ -113,9 +116,9 @@ def export_onnx(model: nn.Module, out: PathLike, shape: Sequence[int] = (512, 10
     import onnx
 
     if opset < 17:
-        raise ValueError(f'opset must be >= 17, got {opset}')
+        raise InvalidArgumentError(f'opset must be >= 17, got {opset}')
     if len(shape) != 2 or min(shape) < 8:
-        raise ValueError(f'shape must be (H, W) with H, W >= 8, got {tuple(shape)}')
+        raise InvalidArgumentError(f'shape must be (H, W) with H, W >= 8, got {tuple(shape)}')
     wrapper = SegmentorForExport(prepare_for_export(model), labels=labels).eval()
     device = next(wrapper.parameters()).device
     example = torch.rand(batch, 3, *shape, device=device) * 255
@@ -125,16 +128,51 @@ def export_onnx(model: nn.Module, out: PathLike, shape: Sequence[int] = (512, 10
         spatial = {0: 'batch', 1: 'height', 2: 'width'} if labels else \
             {0: 'batch', 2: 'height', 3: 'width'}
         dynamic_axes = {'image': {0: 'batch', 2: 'height', 3: 'width'}, output_name: spatial}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
-                                category=DeprecationWarning)
-        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, (example,), str(out), dynamo=False, opset_version=opset,
-                          input_names=['image'], output_names=[output_name],
-                          dynamic_axes=dynamic_axes, do_constant_folding=True)
-    onnx.checker.check_model(str(out), full_check=True)
+
+    def write(path: str) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
+                                    category=DeprecationWarning)
+            warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=opset,
+                              input_names=['image'], output_names=[output_name],
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+        onnx.checker.check_model(path, full_check=True)
+
+    write_atomically(out, write)
     return wrapper
+
+
+def export_verified(model: nn.Module, out: PathLike, images: Sequence[np.ndarray],
+                    dynamic: bool = False, labels: bool = False,
+                    opset: int = DEFAULT_OPSET) -> list:
+    """:func:`export_onnx` at the size of ``images[0]``, then :func:`verify_onnx` on every
+    image; ``out`` is written (atomically) only if every check passes.
+
+    Returns:
+        The :class:`OnnxCheck` of each image.
+
+    Raises:
+        OnnxVerificationError: onnxruntime and PyTorch disagree beyond the tolerance on
+            some image; any earlier ``out`` is left as it was.
+    """
+    checks = []
+
+    def write(path: str) -> None:
+        wrapper = export_onnx(model, path, images[0].shape[:2], dynamic=dynamic,
+                              labels=labels, opset=opset)
+        session = onnx_session(path)
+        checks.extend(verify_onnx(path, wrapper, image, session) for image in images)
+        if not all(check.passed for check in checks):
+            raise OnnxVerificationError(
+                'onnxruntime and PyTorch disagree beyond the tolerance: '
+                + '; '.join(check.describe() for check in checks if not check.passed)
+                + f'. {out} was not written. This is a bug in repseg or the exporter: '
+                'please report it with the command, the config and torch/onnxruntime '
+                'versions')
+
+    write_atomically(out, write)
+    return checks
 
 
 def onnx_session(path: PathLike):
@@ -160,7 +198,8 @@ def load_image(path: PathLike, shape: Optional[Sequence[int]] = None) -> np.ndar
         raise FileNotFoundError(f'image not found: {path}')
     image = mmcv.imread(str(path))
     if image is None:
-        raise ValueError(f'cannot read image {path}')
+        raise InvalidArgumentError(f"cannot read image '{path}': not an image OpenCV can "
+                                   'decode (corrupt, truncated or of an unknown type)')
     if shape is not None:
         image = mmcv.imresize(image, (int(shape[1]), int(shape[0])))
     return image
@@ -216,6 +255,15 @@ class OnnxCheck:
         if self.max_abs_diff is not None:
             return self.max_abs_diff < LOGITS_ATOL
         return self.label_agreement >= LABELS_MIN_AGREEMENT
+
+    def describe(self) -> str:
+        size = f'{self.shape[0]}x{self.shape[1]}'
+        if self.max_abs_diff is not None:
+            return (f'{size}: max |onnxruntime - torch| on logits = {self.max_abs_diff:.3g} '
+                    f'(limit {LOGITS_ATOL:g}); labels equal on '
+                    f'{100 * self.label_agreement:.3f}% of pixels')
+        return (f'{size}: labels equal on {100 * self.label_agreement:.3f}% of pixels '
+                f'(limit {100 * LABELS_MIN_AGREEMENT:g}%)')
 
 
 def verify_onnx(path: PathLike, wrapper: SegmentorForExport, image: np.ndarray,

@@ -1,18 +1,109 @@
-"""Atomic file writes: readers see the old file or the complete new one, never a part.
+"""How repseg writes files: atomically, and never over existing outputs by surprise.
 
 Checkpoints, fused models and converted weights are written to a temporary name in the
 target's folder and renamed over the target (``os.replace`` is atomic on POSIX), so a
 crash or Ctrl-C mid-write never leaves a truncated file behind.
+
+Every tool that writes files the user names (``convert.py DST``, ``deploy.py OUT_DIR``,
+``export_onnx.py OUT``, ``infer.py --out-dir``, ``test.py --out``) follows one rule,
+:func:`claim_outputs`: existing outputs are refused, listed, unless ``--force`` (then one
+line says which are replaced); an output that is one of the tool's inputs is refused even
+with ``--force`` (:func:`refuse_input_as_output`); and an output below a file instead of a
+folder is refused before any work (:func:`check_output_location`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterable, Union
 
 import torch
+from mmengine.logging import print_log
+
+from .errors import OutputExistsError, UserError
 
 PathLike = Union[str, os.PathLike]
+#: Existing outputs named in a refusal or a "replacing" line; the rest are counted.
+SHOWN_OUTPUTS = 5
+
+
+class OutputLocationError(UserError, NotADirectoryError):
+    """An output path that cannot be created: a file stands where a folder must be."""
+
+
+def check_output_location(path: PathLike, is_folder: bool, what: str = 'output') -> Path:
+    """Refuse an output path that cannot be created, before any work is done.
+
+    ``path`` is a folder to create (``is_folder``) or a file to write. Raises
+    :class:`OutputLocationError` when a file stands at ``path`` (for a folder) or a
+    folder stands there (for a file), or when a parent of ``path`` is a file. Returns
+    ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != is_folder:
+        found, wanted = ('a folder', 'a file') if path.is_dir() else ('a file', 'a folder')
+        raise OutputLocationError(f"{what} '{path}' is {found}, but the tool writes {wanted} "
+                                  'there; give another path')
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputLocationError(
+                    f"{what} '{path}' cannot be created: '{parent}' is a file, not a "
+                    'folder; give a path below a folder (or move the file away)')
+            break
+    return path
+
+
+def same_file(first: PathLike, second: PathLike) -> bool:
+    """Whether two paths name one file: through symlinks, ``..``, hard links."""
+    first, second = Path(first), Path(second)
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)
+    return first.resolve() == second.resolve()
+
+
+def refuse_input_as_output(inputs: dict, output: PathLike) -> None:
+    """Refuse to write ``output`` over one of the tool's inputs (``{'SRC': path}``),
+    whatever ``--force`` says: the input would be lost."""
+    for name, path in inputs.items():
+        if path is not None and same_file(path, output):
+            raise OutputExistsError(
+                f"the output '{output}' is the {name} '{path}' itself; writing it would "
+                f'replace the {name}. Write to another path (--force does not allow this)')
+
+
+def _listing(paths: list) -> str:
+    shown = ', '.join(str(p) for p in paths[:SHOWN_OUTPUTS])
+    more = len(paths) - SHOWN_OUTPUTS
+    return shown + (f' and {more} more' if more > 0 else '')
+
+
+def claim_outputs(paths: Iterable[PathLike], force: bool, where: str = 'another path') -> list:
+    """The overwrite rule of every tool: refuse to replace existing outputs unless ``force``.
+
+    Args:
+        paths: every file the tool is about to write.
+        force: the tool's ``--force`` (``force=True`` in Python).
+        where: what to change instead, for the message (e.g. 'another --out-dir').
+
+    Returns:
+        The outputs that exist and will be replaced (logged in one line when ``force``).
+
+    Raises:
+        OutputExistsError: some outputs exist and ``force`` is false; the message lists
+            them.
+    """
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if not existing:
+        return []
+    count = f"{len(existing)} output{'s' if len(existing) > 1 else ''}"
+    if not force:
+        raise OutputExistsError(
+            f"{count} already exist{'' if len(existing) > 1 else 's'}: {_listing(existing)}. "
+            f'Nothing was written. Pass --force (force=True in Python) to replace them, '
+            f'or choose {where}')
+    print_log(f'--force: replacing {count}: {_listing(existing)}', logger='current')
+    return existing
 
 
 def write_atomically(path: PathLike, write: Callable[[str], None]) -> None:

@@ -24,12 +24,37 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import InvalidArgumentError
 from .mmseg.fast_psp import use_fast_pyramid_pooling
 from .models.reparam import reparameterize
 
 _HOOK_MARK = '_repseg_input_cast'
 
 Image = Union[np.ndarray, torch.Tensor]
+
+
+def check_device(device: str) -> torch.device:
+    """The :class:`torch.device` named by ``device`` ('cpu', 'cuda', 'cuda:1', ...),
+    refused with a clear message when it cannot be used on this machine (instead of
+    torch's "Found no NVIDIA driver" at the first tensor moved there)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or "
+                                   "'cuda:1'") from None
+    if parsed.type == 'cuda':
+        if not torch.cuda.is_available():
+            build = (f'built with CUDA {torch.version.cuda}, but no GPU or driver was found'
+                     if torch.version.cuda else 'built without CUDA (a CPU-only build)')
+            raise InvalidArgumentError(
+                f'device {device!r}: CUDA is not available on this machine (torch '
+                f'{torch.__version__} is {build}); run on the CPU with --device cpu')
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidArgumentError(
+                f"device {device!r}: this machine has {count} CUDA device(s), "
+                f"'cuda:0' to 'cuda:{count - 1}'")
+    return parsed
 
 
 def _input_module(model: nn.Module) -> nn.Module:
@@ -108,7 +133,7 @@ def prepare_for_inference(model: nn.Module, fuse: bool = True, fp16: bool = Fals
         (``SegDataSample`` with ``pred_sem_seg``); ``seg_logits`` are in the model's dtype.
     """
     if half_dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f'half_dtype must be torch.float16 or torch.bfloat16, got {half_dtype}')
+        raise InvalidArgumentError(f'half_dtype must be torch.float16 or torch.bfloat16, got {half_dtype}')
     if fuse:
         reparameterize(model, inplace=True)
     model.eval()
@@ -130,7 +155,7 @@ def _as_chw_tensor(image: Image) -> torch.Tensor:
     """An ``H x W x 3`` array (as mmcv/cv2 load it) or a ``3 x H x W`` tensor, as CHW."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3:
-            raise ValueError(f'expected an H x W x C image array, got shape {image.shape}')
+            raise InvalidArgumentError(f'expected an H x W x C image array, got shape {image.shape}')
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     if torch.is_tensor(image) and image.dim() == 3:
         return image
@@ -174,5 +199,5 @@ def prediction_agreement(model_a: nn.Module, model_b: nn.Module,
         same += int((labels_a == labels_b).sum())
         total += labels_a.numel()
     if total == 0:
-        raise ValueError('prediction_agreement needs at least one image')
+        raise InvalidArgumentError('prediction_agreement needs at least one image')
     return same / total

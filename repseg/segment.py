@@ -25,18 +25,22 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from .data.cityscapes_layout import PALETTE
-from .mmseg.runner import PreflightError
+from .errors import InvalidArgumentError, OutputExistsError
+from .fileio import check_output_location, claim_outputs
 
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp',
                             '.ppm', '.pgm', '.jp2'})
 VIDEO_SUFFIXES = frozenset({'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg',
                             '.mpeg', '.wmv'})
 VIDEO_FOURCC = 'MJPG'
+#: Files written per image and per video: ``<out_stem><suffix>``.
+IMAGE_OUTPUTS = ('_mask.png', '_overlay.png', '_trainIds.png')
+VIDEO_OUTPUTS = ('_mask.avi', '_overlay.avi')
 #: Skipped files named in the summary line (each is also reported when it is skipped).
 SHOWN_SKIPPED = 5
 
 
-class InputError(PreflightError):
+class InputError(InvalidArgumentError):
     """An input path that does not exist or holds nothing to segment."""
 
 
@@ -108,6 +112,26 @@ def collect_sources(inputs: Sequence, out_dir) -> list[Source]:
         used.add(stem)
         sources.append(Source(path, path.suffix.lower() in VIDEO_SUFFIXES, out_dir / stem))
     return sources
+
+
+def planned_outputs(sources: Sequence[Source]) -> list[Path]:
+    """Every file :func:`segment_sources` writes for ``sources``."""
+    return [Path(f'{source.out_stem}{suffix}') for source in sources
+            for suffix in (VIDEO_OUTPUTS if source.is_video else IMAGE_OUTPUTS)]
+
+
+def claim_segment_outputs(sources: Sequence[Source], force: bool) -> None:
+    """Apply the overwrite rule (:func:`repseg.fileio.claim_outputs`) to the outputs of
+    ``sources``; an output that is also an input (an earlier run's outputs segmented
+    again into the same folder) is refused even with ``force``."""
+    outputs = planned_outputs(sources)
+    clashes = {p.resolve() for p in outputs} & {s.path.resolve() for s in sources}
+    if clashes:
+        raise OutputExistsError(
+            f'{len(clashes)} output file(s) would replace input images, e.g. '
+            f'{sorted(clashes)[0]}: the inputs include the outputs of an earlier run in '
+            'the same --out-dir. Choose an --out-dir outside the input folders')
+    claim_outputs(outputs, force, 'another --out-dir')
 
 
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]] = PALETTE) -> np.ndarray:
@@ -203,8 +227,8 @@ def _write_image_outputs(source: Source, image: np.ndarray, labels: np.ndarray,
                          palette, opacity: float) -> None:
     source.out_stem.parent.mkdir(parents=True, exist_ok=True)
     mask = colorize(labels, palette)
-    for suffix, array in (('_mask.png', mask), ('_overlay.png', overlay(image, mask, opacity)),
-                          ('_trainIds.png', labels)):
+    arrays = (mask, overlay(image, mask, opacity), labels)
+    for suffix, array in zip(IMAGE_OUTPUTS, arrays):
         path = f'{source.out_stem}{suffix}'
         if not cv2.imwrite(path, array):
             raise OSError(f'could not write {path}')
@@ -225,8 +249,8 @@ def _segment_video(segmenter: Segmenter, source: Source, batch_size: int, palett
     height, width = frame.shape[:2]
     source.out_stem.parent.mkdir(parents=True, exist_ok=True)
     fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC)
-    writers = {kind: cv2.VideoWriter(f'{source.out_stem}_{kind}.avi', fourcc, fps, (width, height))
-               for kind in ('mask', 'overlay')}
+    writers = {kind: cv2.VideoWriter(f'{source.out_stem}{suffix}', fourcc, fps, (width, height))
+               for kind, suffix in zip(('mask', 'overlay'), VIDEO_OUTPUTS)}
     start = time.perf_counter()
     with tqdm(total=total, desc=source.path.name, unit='frame', disable=not progress) as bar:
         frames = [frame]
@@ -257,9 +281,9 @@ def segment_sources(segmenter: Segmenter, sources: Sequence[Source], batch_size:
     Returns a :class:`Summary`; ``seconds`` covers reading, inference and writing.
     """
     if batch_size < 1:
-        raise ValueError(f'batch size must be at least 1, got {batch_size}')
+        raise InvalidArgumentError(f'batch size must be at least 1, got {batch_size}')
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
+        raise InvalidArgumentError(f'opacity must be in [0, 1], got {opacity}')
     palette = segmenter.model.dataset_meta.get('palette') or PALETTE
     summary = Summary()
     images = [s for s in sources if not s.is_video]
@@ -282,9 +306,23 @@ def segment_sources(segmenter: Segmenter, sources: Sequence[Source], batch_size:
 
 def segment(config, checkpoint, inputs: Sequence, out_dir, device: Optional[str] = None,
             batch_size: int = 1, opacity: float = 0.5, fp16: bool = False,
-            progress: bool = True) -> Summary:
-    """``tools/infer.py``: load the model, segment ``inputs``, write to ``out_dir``."""
+            progress: bool = True, force: bool = False) -> Summary:
+    """``tools/infer.py``: load the model, segment ``inputs``, write to ``out_dir``.
+
+    Existing outputs are replaced only with ``force`` (:func:`claim_segment_outputs`);
+    the inputs, the output folder and the device are checked before the model is
+    loaded. Raises :class:`InputError` if no input could be decoded.
+    """
+    from .inference import check_device
+
+    check_output_location(out_dir, is_folder=True, what='--out-dir')
     sources = collect_sources(inputs, out_dir)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    check_device(device)
+    claim_segment_outputs(sources, force)
     model = load_segmentor(config, checkpoint, device, fp16)
-    return segment_sources(Segmenter(model), sources, batch_size, opacity, progress)
+    summary = segment_sources(Segmenter(model), sources, batch_size, opacity, progress)
+    if not summary.images + summary.frames:
+        raise InputError(f'none of the {len(sources)} inputs could be decoded (each is '
+                         'reported above); give readable images or videos')
+    return summary

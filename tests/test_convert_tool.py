@@ -84,7 +84,8 @@ def test_library_layouts(timm_a0, tmp_path, layout, deploy):
     dst = tmp_path / 'out.pth'
     summary = convert_checkpoint(src, dst, 'A0', to=layout, deploy=deploy)
     assert summary == {'arch': 'A0', 'layout_in': 'timm', 'fused_in': False,
-                       'num_classes': 7, 'layout_out': layout, 'fused_out': deploy,
+                       'num_classes': 7, 'segmentor_heads': 0, 'layout_out': layout,
+                       'fused_out': deploy,
                        'tensors': summary['tensors'], 'dst': str(dst)}
     state = torch.load(dst, weights_only=True)
     assert summary['tensors'] == len(state)
@@ -122,7 +123,7 @@ def test_failed_write_keeps_old_output(timm_a0, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', crash)
     with pytest.raises(OSError, match='disk full'):
-        convert_checkpoint(src, dst, 'A0')
+        convert_checkpoint(src, dst, 'A0', force=True)
     assert dst.read_bytes() == b'old checkpoint'
     assert [p.name for p in tmp_path.iterdir()] == ['out.pth']
 

@@ -190,6 +190,6 @@ def test_cli_reports_errors_without_traceback(tmp_path):
         [sys.executable, str(REPO / 'tools/prepare_cityscapes.py'),
          str(tmp_path / 'nowhere'), '--nproc', '2'],
         capture_output=True, text=True)
-    assert result.returncode == 1
-    assert 'does not exist' in result.stderr
+    assert result.returncode == 2  # a user error, as in every tool
+    assert result.stderr.startswith('error: ') and 'does not exist' in result.stderr
     assert 'Traceback' not in result.stderr

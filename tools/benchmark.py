@@ -19,21 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-
-from repseg.benchmark import (CLS_DEFAULTS, DEFAULT_SHAPE, PAPER_PROTOCOL,  # noqa: E402
-                              TORCHVISION_CLASSIFIERS, BenchmarkSettings,
-                              benchmark_classifiers, benchmark_pooling, benchmark_segmentors,
-                              describe_environment, format_table, records_to_json)
-from repseg.checkpoint import CheckpointError  # noqa: E402
-from repseg.mmseg.builder import ConfigKeyError  # noqa: E402
-from repseg.logs import silence_known_warnings  # noqa: E402
-
-
-class UsageError(Exception):
-    """A wrong combination of arguments."""
+# repseg.benchmark's defaults, for the help text: --help imports no torch (tested equal).
+DEFAULT_SHAPE = (1024, 2048)
+CLS_DEFAULTS = dict(batch=128, shape=(224, 224))
+TORCHVISION_CLASSIFIERS = ('resnet50', 'resnet101', 'resnet152')
 
 
 def parse_args(argv=None):
@@ -59,8 +48,9 @@ def parse_args(argv=None):
     parser.add_argument('--paper', action='store_true',
                         help='paper protocol: batch 16, 713x713, fp32, TF32 off')
     parser.add_argument('--json', metavar='OUT', help='write the records as JSON')
+    parser.add_argument('--force', action='store_true', help='replace an existing --json file')
     parser.add_argument('--device', choices=('cpu', 'cuda'),
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
+                        help='default: cuda if available')
     parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
                         help='onnxruntime: export the fused model and time it on CPU')
     parser.add_argument('--cls', nargs='+', metavar='ARCH',
@@ -77,76 +67,97 @@ def parse_args(argv=None):
                              'adaptive_avg_pool2d vs the matmul form (B2: 2560)')
     parser.add_argument('--no-flops', action='store_true',
                         help='skip FLOP counting (slow for big inputs on CPU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
                         help='config overrides, e.g. model.backbone.arch=A0')
     return parser.parse_args(argv)
 
 
-def settings_from_args(args) -> BenchmarkSettings:
+def settings_from_args(args):
+    import torch
+
+    from repseg.benchmark import CLS_DEFAULTS, DEFAULT_SHAPE, PAPER_PROTOCOL, BenchmarkSettings
+    from repseg.errors import InvalidArgumentError
+    from repseg.inference import check_device
+
     defaults = CLS_DEFAULTS if args.cls else dict(batch=1, shape=DEFAULT_SHAPE)
     batch = args.batch or defaults['batch']
     shape = tuple(args.shape) if args.shape else defaults['shape']
     fp16, channels_last, tf32 = args.fp16, args.channels_last, True
     if args.paper:
         if args.fp16 or args.channels_last or args.batch or args.shape:
-            raise UsageError('--paper fixes batch 16, 713x713, fp32 NCHW: '
-                             'drop --fp16/--channels-last/--batch/--shape')
+            raise InvalidArgumentError('--paper fixes batch 16, 713x713, fp32 NCHW: '
+                                       'drop --fp16/--channels-last/--batch/--shape')
         batch, shape = PAPER_PROTOCOL['batch'], PAPER_PROTOCOL['shape']
         fp16, channels_last, tf32 = False, False, PAPER_PROTOCOL['tf32']
     if batch < 1 or min(shape) < 8:
-        raise UsageError(f'need --batch >= 1 and --shape >= 8 8, got {batch} and {shape}')
+        raise InvalidArgumentError(f'need --batch >= 1 and --shape >= 8 8, got {batch} and '
+                                   f'{shape}')
     if args.iters < 1 or args.warmup < 0:
-        raise UsageError('need --iters >= 1 and --warmup >= 0')
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda: CUDA is not available on this machine')
-    if args.backend == 'onnxruntime' and (args.device != 'cpu' or fp16 or channels_last):
-        raise UsageError('--backend onnxruntime times the fp32 export on CPU: use '
-                         '--device cpu without --fp16/--channels-last')
+        raise InvalidArgumentError('need --iters >= 1 and --warmup >= 0')
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    check_device(device)
+    if args.backend == 'onnxruntime' and (device != 'cpu' or fp16 or channels_last):
+        raise InvalidArgumentError('--backend onnxruntime times the fp32 export on CPU: use '
+                                   '--device cpu without --fp16/--channels-last')
     return BenchmarkSettings(shape=shape, batch=batch, fp16=fp16, channels_last=channels_last,
-                             warmup=args.warmup, iters=args.iters, device=args.device,
+                             warmup=args.warmup, iters=args.iters, device=device,
                              tf32=tf32, backend=args.backend, count_flops=not args.no_flops,
                              threads=args.threads,
                              fast_pooling=dict(auto=None, on=True, off=False)[args.fast_pooling])
 
 
 def run(args):
+    from repseg.benchmark import (TORCHVISION_CLASSIFIERS, benchmark_classifiers,
+                                  benchmark_pooling, benchmark_segmentors)
+    from repseg.cli import parse_cfg_options
+    from repseg.errors import InvalidArgumentError
+    from repseg.fileio import check_output_location, claim_outputs
+
     settings = settings_from_args(args)
+    if args.json:
+        check_output_location(args.json, is_folder=False, what='--json')
+        claim_outputs([args.json], args.force, 'another --json file')
     if args.pooling is not None:
         if args.config or args.cls or args.compare:
-            raise UsageError('--pooling times the pooling op alone: no CONFIG, --cls or --compare')
+            raise InvalidArgumentError('--pooling times the pooling op alone: no CONFIG, '
+                                       '--cls or --compare')
         if args.pooling < 1:
-            raise UsageError(f'--pooling needs a positive channel count, got {args.pooling}')
+            raise InvalidArgumentError(f'--pooling needs a positive channel count, got '
+                                       f'{args.pooling}')
         return benchmark_pooling(args.pooling, settings)
     if args.cls:
         if args.config or args.compare or args.checkpoint:
-            raise UsageError('--cls takes architectures, not configs or checkpoints')
+            raise InvalidArgumentError('--cls takes architectures, not configs or checkpoints')
         names = list(args.cls)
         if not any(n.lower() in TORCHVISION_CLASSIFIERS for n in names):
             names += list(TORCHVISION_CLASSIFIERS)
         return benchmark_classifiers(names, settings)
     if not args.config:
-        raise UsageError('give a CONFIG (or --cls ARCH ...)')
+        raise InvalidArgumentError('give a CONFIG (or --cls ARCH ...)')
     for config in [args.config, *args.compare]:
         if not Path(config).is_file():
-            raise UsageError(f'config file not found: {config}')
+            raise FileNotFoundError(f'config file not found: {config}')
     return benchmark_segmentors([args.config, *args.compare], settings, args.checkpoint,
                                 fuse=not args.no_fuse, with_train_time=args.with_train_time,
-                                cfg_options=args.cfg_options)
+                                cfg_options=parse_cfg_options(args.cfg_options))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    silence_known_warnings()
-    try:
-        records = run(args)
-    except (UsageError, FileNotFoundError, ValueError, ConfigKeyError, CheckpointError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        sys.exit(2)
+def report(args, records):
+    from repseg.benchmark import describe_environment, format_table, records_to_json
+
     print(describe_environment(records))
     print(format_table(records))
     if args.json:
         records_to_json(records, args.json)
         print(f'records written to {args.json}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from repseg.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        report(args, run(args))
 
 
 if __name__ == '__main__':

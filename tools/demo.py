@@ -9,8 +9,9 @@
 6. time train-time vs fused inference; agreement of float16 / bfloat16 predictions
 7. write overlays of the val images to work_dirs/demo/overlays
 
-Every step is the command a user would type. The demo fails loudly (exit status 1) if
-the model does not beat the baseline by a wide margin or fusion changes the mIoU.
+Every step is the command a user would type (deploy and infer with --force, so that the
+demo runs again over its own outputs). The demo fails loudly (exit status 1) if the
+model does not beat the baseline by a wide margin or fusion changes the mIoU.
 """
 import argparse
 import copy
@@ -21,14 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from repseg.data.cityscapes_layout import CLASSES  # noqa: E402
-from repseg.logs import silence_known_warnings  # noqa: E402
 
 CONFIG = 'configs/demo/pspnet_repvgg_a0_toycity.py'
 DATA_ROOT = Path('data/toy_city')
@@ -62,6 +57,9 @@ def majority_baseline(label_dir, num_classes: int = 19, ignore_index: int = 255)
     """mIoU (percent) of predicting the most frequent class everywhere, computed as mmseg
     does: that class scores its pixel share, every other class present scores 0, absent
     classes are left out. Returns ``(mIoU, class index)``."""
+    import cv2
+    import numpy as np
+
     counts = np.zeros(256, np.int64)
     labels = sorted(Path(label_dir).rglob('*_gtFine_labelTrainIds.png'))
     if not labels:
@@ -81,6 +79,7 @@ def test_miou(config, checkpoint, work_dir: Path, *options: str) -> float:
 
 def ms_per_image(model, images) -> float:
     """Median milliseconds of the tensor forward pass (backbone + decode head) per image."""
+    import numpy as np
     import torch
 
     times = []
@@ -96,6 +95,7 @@ def ms_per_image(model, images) -> float:
 
 
 def speed_and_precision(train_cfg, train_ckpt, fused_cfg, fused_ckpt, val_dir: Path) -> dict:
+    import cv2
     import torch
 
     import repseg  # noqa: F401  (before mmseg)
@@ -120,6 +120,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
+    from repseg.data.cityscapes_layout import CLASSES
+    from repseg.logs import silence_known_warnings
+
     silence_known_warnings()
     start = time.perf_counter()
     total = 7
@@ -149,7 +152,7 @@ def main(argv=None):
                               'did not learn')
 
         announce(4, total, 'fuse the RepVGG blocks (structural re-parameterization)')
-        run('tools/deploy.py', CONFIG, str(checkpoint), str(WORK_DIR / 'deploy'))
+        run('tools/deploy.py', CONFIG, str(checkpoint), str(WORK_DIR / 'deploy'), '--force')
         stem = Path(CONFIG).stem + '_deploy'
         fused_cfg = WORK_DIR / 'deploy' / f'{stem}.py'
         fused_ckpt = WORK_DIR / 'deploy' / f'{stem}.pth'
@@ -174,7 +177,7 @@ def main(argv=None):
         announce(7, total, f'overlays of the val frames in {WORK_DIR / "overlays"}')
         run('tools/infer.py', str(fused_cfg), str(fused_ckpt),
             str(DATA_ROOT / 'leftImg8bit' / 'val'), '--out-dir', str(WORK_DIR / 'overlays'),
-            '--batch-size', '4', '--no-progress')
+            '--batch-size', '4', '--no-progress', '--force')
     except DemoFailure as failure:
         print(f'\nDEMO FAILED: {failure}', file=sys.stderr, flush=True)
         sys.exit(1)

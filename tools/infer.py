@@ -5,18 +5,13 @@ Writes, per image, <stem>_mask.png (Cityscapes colours), <stem>_overlay.png and
 <stem>_trainIds.png (raw labels); per video, <stem>_mask.avi and <stem>_overlay.avi.
 Train-time and fused (tools/deploy.py) checkpoints both work, with their training or
 *_deploy.py config; RepVGG blocks are fused before inference. Unreadable files are
-reported and skipped.
+reported and skipped. Outputs of an earlier run are replaced only with --force.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
-from repseg.mmseg.runner import exit_on_user_error  # noqa: E402
-from repseg.segment import segment  # noqa: E402
-from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,6 +29,8 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=1,
                         help='images per forward pass (same-size images are batched)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    parser.add_argument('--force', action='store_true',
+                        help='replace outputs of an earlier run in --out-dir')
     args = parser.parse_args(argv)
     if not 0 <= args.opacity <= 1:
         parser.error(f'--opacity must be in [0, 1], got {args.opacity}')
@@ -42,16 +39,20 @@ def parse_args(argv=None):
     return args
 
 
+def run(args):
+    from repseg.segment import segment
+
+    segment(args.config, args.checkpoint, args.inputs, args.out_dir, device=args.device,
+            batch_size=args.batch_size, opacity=args.opacity, fp16=args.fp16,
+            progress=not args.no_progress, force=args.force)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    silence_known_warnings()
+    from repseg.cli import exit_on_user_error
+
     with exit_on_user_error():
-        summary = segment(args.config, args.checkpoint, args.inputs, args.out_dir,
-                          device=args.device, batch_size=args.batch_size,
-                          opacity=args.opacity, fp16=args.fp16,
-                          progress=not args.no_progress)
-    if not summary.images + summary.frames:
-        sys.exit(1)
+        run(args)
 
 
 if __name__ == '__main__':

@@ -4,22 +4,15 @@
 Fuses every RepVGG block before testing (same labels, faster; --no-fuse tests the
 train-time branches). Prints the per-class IoU / Acc table and mIoU, mAcc, aAcc, and
 writes them to <work_dir>/metrics.json. --out DIR writes Cityscapes *_labelIds.png
-predictions and prints the cityscapesscripts command that evaluates them. The
-checkpoint must fit the config (fused checkpoints of tools/deploy.py go with their
-*_deploy.py config); a misfit exits with status 2.
+predictions and prints the cityscapesscripts command that evaluates them (a DIR holding
+predictions of an earlier run is refused without --force). The checkpoint must fit the config (fused checkpoints of
+tools/deploy.py go with their *_deploy.py config); a misfit exits with status 2.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.dist import get_rank  # noqa: E402
-
-from repseg.mmseg.runner import exit_on_user_error, run_test  # noqa: E402
-from repseg.logs import silence_known_warnings  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -35,28 +28,50 @@ def parse_args(argv=None):
     parser.add_argument('--no-fuse', dest='fuse', action='store_false',
                         help='test the train-time branches (default: fuse every RepVGG '
                              'block first: same labels, faster)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
                         help='override config settings, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--skip-data-check', action='store_true',
                         help='do not decode every frame before the run (it is cached, so '
                              'only new or changed frames cost time); logged when skipped')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher (pytorch: started by torchrun, tools/dist_test.sh)')
+    parser.add_argument('--force', action='store_true',
+                        help='write --out predictions over those of an earlier run')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    silence_known_warnings()
-    with exit_on_user_error():
-        metrics = run_test(args.config, args.checkpoint, work_dir=args.work_dir, out=args.out,
+def run(args):
+    from mmengine.dist import get_rank
+
+    from repseg.cli import parse_cfg_options
+    from repseg.fileio import check_output_location, claim_outputs
+    from repseg.mmseg.hooks import LABELIDS_SUFFIX
+    from repseg.mmseg.runner import run_test
+
+    for folder, what in ((args.work_dir, '--work-dir'), (args.out, '--out'),
+                         (args.show_dir, '--show-dir')):
+        if folder:
+            check_output_location(folder, is_folder=True, what=what)
+    if args.out:  # the Cityscapes evaluation reads every prediction in the folder
+        claim_outputs(sorted(Path(args.out).glob(f'*{LABELIDS_SUFFIX}')), args.force,
+                      'an empty --out folder')
+    metrics = run_test(args.config, args.checkpoint, work_dir=args.work_dir, out=args.out,
                        show_dir=args.show_dir, tta=args.tta, fp16=args.fp16,
-                       cfg_options=args.cfg_options, launcher=args.launcher,
-                       skip_data_check=args.skip_data_check, fuse=args.fuse)
+                       cfg_options=parse_cfg_options(args.cfg_options),
+                       launcher=args.launcher, skip_data_check=args.skip_data_check,
+                       fuse=args.fuse)
     if 'mIoU' in metrics and get_rank() == 0:
         print('mIoU {mIoU:.2f}  mAcc {mAcc:.2f}  aAcc {aAcc:.2f}'.format(**metrics))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from repseg.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        run(args)
 
 
 if __name__ == '__main__':

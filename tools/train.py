@@ -11,12 +11,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
-from mmengine.config import DictAction  # noqa: E402
-
-from repseg.mmseg.runner import exit_on_user_error, run_train  # noqa: E402
-from repseg.logs import silence_known_warnings  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
@@ -30,7 +24,7 @@ def parse_args(argv=None):
     parser.add_argument('--tensorboard', action='store_true',
                         help='also write loss, lr and mIoU for TensorBoard '
                              '(<work_dir>/<timestamp>/vis_data)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
                         help='override config settings, e.g. model.backbone.arch=B1g2 '
                              'train_dataloader.batch_size=4')
     parser.add_argument('--skip-data-check', action='store_true',
@@ -43,13 +37,24 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def run(args):
+    from repseg.cli import parse_cfg_options
+    from repseg.fileio import check_output_location
+    from repseg.mmseg.runner import run_train
+
+    if args.work_dir:
+        check_output_location(args.work_dir, is_folder=True, what='--work-dir')
+    run_train(args.config, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
+              cfg_options=parse_cfg_options(args.cfg_options), launcher=args.launcher,
+              skip_data_check=args.skip_data_check, tensorboard=args.tensorboard)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    silence_known_warnings()
+    from repseg.cli import exit_on_user_error
+
     with exit_on_user_error():
-        run_train(args.config, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
-              cfg_options=args.cfg_options, launcher=args.launcher,
-              skip_data_check=args.skip_data_check, tensorboard=args.tensorboard)
+        run(args)
 
 
 if __name__ == '__main__':

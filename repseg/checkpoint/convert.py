@@ -6,50 +6,64 @@ from pathlib import Path
 from typing import Union
 
 
-from ..fileio import save_atomically
+from ..errors import InvalidArgumentError
+from ..fileio import (check_output_location, claim_outputs, refuse_input_as_output,
+                      save_atomically)
 from ..models.arch import canonical_arch_name
 from ..models.reparam import reparameterize
 from ..models.repvgg import create_model
 from .layouts import CLASSIFIER, LAYOUTS
-from .loader import (detect_layout, export_state_dict, load_checkpoint, read_state_dict,
-                     to_repseg_keys)
+from .loader import (backbone_of_segmentor, detect_layout, export_state_dict,
+                     load_checkpoint, read_state_dict, to_repseg_keys)
 
 PathLike = Union[str, os.PathLike]
 
 
 def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'official',
-                       deploy: bool = False) -> dict:
+                       deploy: bool = False, force: bool = False) -> dict:
     """Read ``src`` in any known layout, check it against ``arch`` and write ``dst``.
 
     The checkpoint is loaded (strictly) into ``create_model(arch)`` with the number of
     classes of its classifier (0 if it has none) and fused blocks if it holds fused
     weights, so a file that does not fit the arch is refused before anything is
-    written. ``dst`` is written atomically: a crash leaves any old ``dst`` intact.
+    written. A whole-segmentor checkpoint (``tools/train.py``, ``tools/deploy.py``)
+    gives its backbone. ``dst`` is written atomically: a crash leaves any old ``dst``
+    intact.
 
     Args:
         src: checkpoint file (raw, ``state_dict`` / ``model`` container, DDP prefixes).
-        dst: output file; its folder must exist.
+        dst: output file; its folder must exist; never ``src`` itself.
         arch: RepVGG arch, e.g. ``'B2'`` or ``'RepVGG-B2'``.
         to: output layout, one of ``'official'``, ``'timm'``, ``'mmpretrain'``, ``'repseg'``.
         deploy: fuse train-time blocks (the output of a fused input is always fused).
+        force: replace an existing ``dst`` (:func:`repseg.fileio.claim_outputs`).
 
     Returns:
-        A summary: ``arch``, ``layout_in``, ``fused_in``, ``num_classes``, ``layout_out``,
-        ``fused_out``, ``tensors`` and ``dst``.
+        A summary: ``arch``, ``layout_in``, ``fused_in``, ``num_classes``,
+        ``segmentor_heads`` (head tensors left out of a segmentor checkpoint),
+        ``layout_out``, ``fused_out``, ``tensors`` and ``dst``.
 
     Raises:
         ValueError: unknown ``arch`` or ``to``.
         FileNotFoundError: missing ``src`` or output folder.
+        FileExistsError: ``dst`` is ``src`` (also through links), or exists and not
+            ``force``.
         repseg.checkpoint.CheckpointError: unreadable checkpoint, or one that does not
             fit ``arch``.
     """
     arch = canonical_arch_name(arch)
     if to not in LAYOUTS:
-        raise ValueError(f"unknown checkpoint layout {to!r}; choose from {', '.join(LAYOUTS)}")
-    dst = Path(dst)
+        raise InvalidArgumentError(f"unknown checkpoint layout {to!r}; choose from "
+                                   f"{', '.join(LAYOUTS)}")
+    dst = check_output_location(dst, is_folder=False, what='DST')
+    if not Path(src).exists():
+        raise FileNotFoundError(f'checkpoint file not found: {src}')
+    refuse_input_as_output({'source checkpoint SRC': src}, dst)
     if not dst.parent.is_dir():
         raise FileNotFoundError(f'output folder not found: {dst.parent}')
+    claim_outputs([dst], force, 'another DST')
     raw, name = read_state_dict(src)
+    raw, _ = backbone_of_segmentor(raw, name)
     state, _ = to_repseg_keys(raw, detect_layout(raw, name))
     classifier = state.get(f'{CLASSIFIER}.weight')
     num_classes = 0 if classifier is None else classifier.shape[0]
@@ -63,5 +77,6 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
     save_atomically(out, dst)
     return {'arch': arch, 'layout_in': report.layout,
             'fused_in': report.fused_checkpoint, 'num_classes': num_classes,
+            'segmentor_heads': len(report.segmentor_heads),
             'layout_out': to, 'fused_out': deploy or has_fused_blocks,
             'tensors': len(out), 'dst': str(dst)}

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from pathlib import Path
+from typing import Any, Mapping, Union
 
 import torch
 import torch.nn as nn
@@ -14,12 +16,16 @@ from ..models.arch import ARCH_SETTINGS
 from ..models.block import RepVGGBlock
 from ..models.fusion import BatchNormStats, fold_batch_norm, identity_kernel, sum_branches
 from .layouts import CLASSIFIER, LAYOUTS, KeyLayout
-from .sources import read_checkpoint_file, resolve_checkpoint
+from .sources import SAFETENSORS_SUFFIX, read_checkpoint_file, resolve_checkpoint
 
 # All three public implementations build their BNs with PyTorch's default eps.
 BN_EPS = 1e-5
 WRAPPER_KEYS = ('state_dict', 'model')
 OPTIONAL_SUFFIX = 'num_batches_tracked'
+#: How files written by ``torch.save`` begin: a zip archive (torch >= 1.6) or a pickle.
+TORCH_FILE_MAGIC = (b'PK\x03\x04', b'\x80')
+#: Prefixes of a whole-segmentor state dict's heads; its backbone is under ``backbone.``.
+SEGMENTOR_HEADS = ('decode_head.', 'auxiliary_head.')
 
 
 class CheckpointError(UserError, ValueError):
@@ -44,15 +50,79 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    segmentor_heads: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         kind = 'fused (deploy)' if self.fused_checkpoint else 'train-time'
         text = f'{self.layout} layout, {kind} weights'
+        if self.segmentor_heads:
+            text += (f'; backbone of a segmentor checkpoint ({len(self.segmentor_heads)} head '
+                     'tensors left out)')
         if self.fused_on_load:
             text += f'; fused {len(self.fused_on_load)} train-time blocks on load'
         if self.dropped:
             text += f'; dropped {len(self.dropped)} classifier tensors'
         return text
+
+
+def _describe_start(head: bytes) -> str:
+    text = head.decode('utf-8', errors='replace')
+    if text.lstrip().lower().startswith(('<!doctype html', '<html')):
+        return 'an HTML page (a download link that returned a web page instead of the file?)'
+    if text.isprintable() or all(c.isprintable() or c.isspace() for c in text):
+        return f'a text file starting {text.strip()[:40]!r}'
+    return f'bytes {head[:8]!r}'
+
+
+def load_checkpoint_file(path: Union[str, os.PathLike], what: str = 'checkpoint') -> Any:
+    """The object stored in a checkpoint file, on the CPU: ``.safetensors`` files through
+    the safetensors library, others through ``torch.load(weights_only=True)``; with a
+    message that says what is wrong with a file that is not a loadable checkpoint.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: a folder, an empty file, not a file ``torch.save`` wrote (a text
+            or HTML file renamed ``.pth``), a truncated one, or one holding Python
+            objects that ``weights_only`` loading refuses.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'{what} file not found: {path}')
+    prefix = f"could not read {what} '{path}'"
+    if path.is_dir():
+        raise CheckpointError(f'{prefix}: it is a folder; give the checkpoint file in it')
+    with open(path, 'rb') as file:
+        head = file.read(64)
+    if not head:
+        raise CheckpointError(f'{prefix}: the file is empty (0 bytes), as an interrupted '
+                              'download or copy leaves it; get the file again')
+    if path.suffix == SAFETENSORS_SUFFIX:
+        try:
+            return read_checkpoint_file(path)
+        except Exception as error:
+            raise CheckpointError(
+                f'{prefix}: not a readable safetensors file ({type(error).__name__}: '
+                f'{str(error).splitlines()[0]}); it may be truncated (interrupted download '
+                'or copy?): delete it and fetch it again') from error
+    if not head.startswith(TORCH_FILE_MAGIC):
+        raise CheckpointError(
+            f'{prefix}: it is not a PyTorch checkpoint but {_describe_start(head)}; files '
+            'written by torch.save are zip archives (or pickles). Check the path, or '
+            'download the checkpoint again')
+    try:
+        return read_checkpoint_file(path)
+    except pickle.UnpicklingError as error:
+        reason = next((line.strip() for line in str(error).splitlines()
+                       if 'WeightsUnpickler error' in line), str(error).splitlines()[0])
+        raise CheckpointError(
+            f'{prefix}: it holds Python objects besides tensors, which repseg does not '
+            f'unpickle (weights_only=True, safe against code in the file): {reason}. '
+            'If you trust the file, re-save its weights alone: '
+            "torch.save({'state_dict': model.state_dict()}, path)") from error
+    except Exception as error:
+        raise CheckpointError(
+            f'{prefix}: {type(error).__name__}: {str(error).splitlines()[0]}. The file may '
+            'be truncated (interrupted download or copy?) or not a PyTorch checkpoint') from error
 
 
 def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str]:
@@ -69,15 +139,7 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str
     else:
         path = resolve_checkpoint(source)
         name = f"'{source}'" if str(path) == str(source) else f"'{source}' ({path})"
-        if not path.is_file():
-            raise FileNotFoundError(f'checkpoint file not found: {path}')
-        try:
-            obj = read_checkpoint_file(path)
-        except Exception as error:
-            raise CheckpointError(
-                f'could not read checkpoint {name}: {type(error).__name__}: {error}. '
-                'The file may be truncated (interrupted download?) or not a PyTorch or '
-                'safetensors checkpoint; delete it and fetch it again.') from error
+        obj = load_checkpoint_file(path)
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -86,12 +148,31 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f'{name} holds no state dict of tensors '
                               f'(found {type(obj).__name__})')
+    if not obj:
+        raise CheckpointError(f'{name} holds no tensors (an empty state dict); expected '
+                              'the weights of a RepVGG model')
     state = {}
     for key, value in obj.items():
         while key.startswith('module.'):
             key = key[len('module.'):]
         state[key] = value
     return state, name
+
+
+def backbone_of_segmentor(state: Mapping[str, torch.Tensor],
+                          name: str = 'checkpoint') -> tuple[dict, list[str]]:
+    """The backbone weights of a whole-segmentor state dict (as ``tools/train.py`` and
+    ``tools/deploy.py`` write them: ``backbone.*``, ``decode_head.*``, ...), renamed
+    without the ``backbone.`` prefix, and the keys left out. Any other state dict comes
+    back as it is, with nothing left out."""
+    if not any(key.startswith(SEGMENTOR_HEADS) for key in state):
+        return dict(state), []
+    prefix = 'backbone.'
+    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not backbone:
+        raise CheckpointError(f'{name} is a segmentor checkpoint (it has decode_head '
+                              'weights) without backbone.* weights; nothing RepVGG to load')
+    return backbone, [k for k in state if not k.startswith(prefix)]
 
 
 def detect_layout(state: Mapping[str, torch.Tensor], name: str = 'checkpoint') -> KeyLayout:
@@ -226,7 +307,8 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     """Load RepVGG weights of any known layout into a repseg model.
 
     Reads the official, timm, mmpretrain and repseg layouts, raw or wrapped
-    (``state_dict`` / ``model``), with or without DDP ``module.`` prefixes. Train-time
+    (``state_dict`` / ``model``), with or without DDP ``module.`` prefixes, and the
+    backbone of a whole-segmentor checkpoint (:func:`backbone_of_segmentor`). Train-time
     weights load into a fused (``deploy=True``) model by fusing them; fused weights for
     a train-time model are refused. The classifier is dropped when the model has none.
 
@@ -242,9 +324,11 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
         A :class:`LoadReport` (layout found, whether weights were fused, what was dropped).
     """
     raw, name = read_state_dict(checkpoint)
+    raw, heads = backbone_of_segmentor(raw, name)
     layout = detect_layout(raw, name)
     state, unknown = to_repseg_keys(raw, layout)
-    report = LoadReport(layout=layout.name, fused_checkpoint=False, unexpected=unknown)
+    report = LoadReport(layout=layout.name, fused_checkpoint=False, unexpected=unknown,
+                        segmentor_heads=heads)
     state = _reconcile_fusion(state, model, name, report)
 
     target = model.state_dict()

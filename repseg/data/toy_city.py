@@ -21,6 +21,8 @@ import numpy as np
 from mmengine.logging import print_log
 from tqdm import tqdm
 
+from ..errors import InvalidArgumentError
+from ..fileio import check_output_location, claim_outputs
 from . import cityscapes_layout as layout
 
 CITY = 'toycity'
@@ -372,8 +374,22 @@ def frame_name(split, index):
     return f'{CITY}_{layout.SPLITS.index(split):06d}_{index:06d}'
 
 
+def toy_city_files(out_dir, num_train=48, num_val=12):
+    """Every file :func:`make_toy_cityscapes` writes under ``out_dir``."""
+    out_dir = Path(out_dir)
+    files = []
+    for split, num in (('train', num_train), ('val', num_val)):
+        for index in range(num):
+            name = frame_name(split, index)
+            files.append(out_dir / layout.img_dir(split) / CITY / (name + layout.IMG_SUFFIX))
+            files += [out_dir / layout.ann_dir(split) / CITY / (name + suffix)
+                      for suffix in (layout.LABEL_ID_SUFFIX, layout.TRAIN_ID_SUFFIX)]
+        files.append(out_dir / f'{split}.txt')
+    return files
+
+
 def make_toy_cityscapes(out_dir, num_train=48, num_val=12, size=(128, 256),
-                        seed=0):
+                        seed=0, force=False):
     """Write a toy city in the Cityscapes layout under ``out_dir``.
 
     Writes ``leftImg8bit/<split>/toycity/*_leftImg8bit.png``, the matching
@@ -387,15 +403,18 @@ def make_toy_cityscapes(out_dir, num_train=48, num_val=12, size=(128, 256),
         num_train, num_val (int): frames per split.
         size (tuple[int, int]): frame ``(height, width)``.
         seed (int): the same seed writes identical bytes.
+        force (bool): replace the files of an earlier toy city in ``out_dir``
+            (:func:`repseg.fileio.claim_outputs`); without it they are refused.
 
     Returns:
         dict: trainId pixel fraction per class name over the train split.
     """
     height, width = size
     if height < 32 or width < 32:
-        raise ValueError('toy city frames must be at least 32x32, got '
-                         f'{height}x{width}')
-    out_dir = Path(out_dir)
+        raise InvalidArgumentError('toy city frames must be at least 32x32, got '
+                                   f'{height}x{width}')
+    out_dir = check_output_location(out_dir, is_folder=True, what='toy city root')
+    claim_outputs(toy_city_files(out_dir, num_train, num_val), force, 'another folder')
     lut = layout.label_id_to_train_id_lut()
     counts = np.zeros(256, np.int64)
     for split, num in (('train', num_train), ('val', num_val)):

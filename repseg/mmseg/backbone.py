@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import load_checkpoint
 from ..checkpoint.sources import CheckpointSourceError, is_foreign_url, resolve_checkpoint
-from ..errors import UserError
+from ..errors import InvalidArgumentError, UserError
 from ..models.arch import canonical_arch_name, get_arch
 from ..models.block import RepVGGBlock
 from ..models.dilation import plan_strides_and_dilations
@@ -91,9 +91,9 @@ class RepVGGBackbone(BaseModule):
         self.arch = canonical_arch_name(arch)
         spec = get_arch(self.arch)
         if any(not 0 <= i <= 3 for i in out_indices):
-            raise ValueError(f'out_indices must index stages 1-4 as 0-3, got {tuple(out_indices)}')
+            raise InvalidArgumentError(f'out_indices must index stages 1-4 as 0-3, got {tuple(out_indices)}')
         if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in -1..4, got {frozen_stages}')
+            raise InvalidArgumentError(f'frozen_stages must be in -1..4, got {frozen_stages}')
         self.out_indices = tuple(out_indices)
         self.dilation = dilation
         self.frozen_stages = frozen_stages

@@ -21,7 +21,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
-from ..checkpoint.loader import describe_mismatch, key_mismatch
+from ..checkpoint.loader import describe_mismatch, key_mismatch, load_checkpoint_file
 from ..errors import UserError
 from .backbone import RepVGGBackbone
 
@@ -244,13 +244,7 @@ def read_segmentor_checkpoint(checkpoint) -> tuple[dict, dict]:
     """``(state_dict, meta)`` of a whole-segmentor checkpoint (``weights_only`` loading;
     ``state_dict`` containers and ``module.`` prefixes handled by
     :func:`repseg.checkpoint.read_state_dict`)."""
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
-    try:
-        obj = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"could not read checkpoint '{checkpoint}': "
-                              f'{type(error).__name__}: {error}') from error
+    obj = load_checkpoint_file(checkpoint)
     meta = obj.get('meta') if isinstance(obj, Mapping) else None
     state, _ = read_state_dict(obj)
     return state, dict(meta) if isinstance(meta, Mapping) else {}

@@ -36,6 +36,8 @@ from .nonfinite import refuse_nonfinite_weights
 ATOMIC_BACKEND = 'atomic_local'
 #: File in the work dir naming the latest checkpoint (mmengine's resume looks there).
 POINTER_FILE = 'last_checkpoint'
+#: Name ending of the predictions :class:`CityscapesLabelIdsHook` writes.
+LABELIDS_SUFFIX = '_labelIds.png'
 #: cityscapesscripts' console script for pixel-level (semantic) evaluation.
 CITYSCAPES_EVAL_SCRIPT = 'csEvalPixelLevelSemanticLabeling'
 
@@ -143,7 +145,7 @@ def labelids_name(img_path: str) -> str:
         stem = name[:-len(layout.IMG_SUFFIX)]
     else:
         stem = osp.splitext(name)[0]
-    return f'{stem}_labelIds.png'
+    return stem + LABELIDS_SUFFIX
 
 
 def cityscapes_eval_command(data_root: Optional[str], results: str, export_dir: str) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -63,7 +65,8 @@ ARCH_SETTINGS: dict[str, ArchSpec] = {
 def canonical_arch_name(arch: str) -> str:
     """``'RepVGG-B2'``, ``'repvgg_b2'`` and ``'b2'`` all name ``'B2'``."""
     if not isinstance(arch, str):
-        raise TypeError(f"RepVGG arch must be a string such as 'B2', got {type(arch).__name__}")
+        raise InvalidArgumentTypeError(
+            f"RepVGG arch must be a string such as 'B2', got {type(arch).__name__}")
     name = arch.strip()
     for prefix in ('repvgg-', 'repvgg_', 'repvgg'):
         if name.lower().startswith(prefix):
@@ -71,7 +74,8 @@ def canonical_arch_name(arch: str) -> str:
             break
     by_lower = {key.lower(): key for key in ARCH_SETTINGS}
     if name.lower() not in by_lower:
-        raise ValueError(f"unknown RepVGG arch {arch!r}; choose from {', '.join(ARCH_SETTINGS)}")
+        raise InvalidArgumentError(
+            f"unknown RepVGG arch {arch!r}; choose from {', '.join(ARCH_SETTINGS)}")
     return by_lower[name.lower()]
 
 

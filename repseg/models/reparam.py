@@ -5,6 +5,7 @@ import copy
 
 import torch.nn as nn
 
+from ..errors import InvalidArgumentTypeError
 from .block import RepVGGBlock
 
 
@@ -17,7 +18,15 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     Args:
         model: any module tree.
         inplace: fuse ``model`` itself; otherwise a deep copy is fused and returned.
+
+    Raises:
+        TypeError: ``model`` is not a :class:`torch.nn.Module`.
     """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentTypeError(
+            f'reparameterize takes a torch.nn.Module (a RepVGG, a backbone or a segmentor '
+            f'holding RepVGG blocks), got {type(model).__name__} {model!r:.60}; build the '
+            "model first, e.g. repseg.reparameterize(repseg.create_model('B2'))")
     if not inplace:
         model = copy.deepcopy(model)
     for module in model.modules():

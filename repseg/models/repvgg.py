@@ -1,11 +1,13 @@
 """The RepVGG network: a stem block, four stages of blocks, and a classifier."""
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..errors import InvalidArgumentError
 from .arch import ArchSpec, canonical_arch_name, get_arch
 from .block import NormLayer, RepVGGBlock
 
@@ -66,6 +68,12 @@ class RepVGG(nn.Module):
                  deploy: bool = False):
         super().__init__()
         self.arch = canonical_arch_name(arch)
+        for name, value, least in (('num_classes', num_classes, 0),
+                                   ('in_channels', in_channels, 1)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+                raise InvalidArgumentError(
+                    f'{name} must be an integer >= {least}, got {value!r}'
+                    + (' (0 builds no classifier)' if name == 'num_classes' else ''))
         spec = get_arch(self.arch)
         self.stem, self.stages = build_stem_and_stages(spec, in_channels, deploy)
         self.num_features = spec.stage_channels[-1]
@@ -85,6 +93,7 @@ class RepVGG(nn.Module):
 def create_model(arch: str, num_classes: int = 1000, deploy: bool = False, **kwargs) -> RepVGG:
     """Build a RepVGG classifier: ``create_model('B2')`` or ``create_model('RepVGG-B2')``.
 
-    Unknown names raise ``ValueError`` listing the valid ones.
+    Unknown names raise ``ValueError`` listing the valid ones; so does a negative
+    ``num_classes``.
     """
     return RepVGG(arch, num_classes=num_classes, deploy=deploy, **kwargs)
