@@ -96,11 +96,12 @@ def claim_outputs(paths: Iterable[PathLike], force: bool, where: str = 'another 
     existing = [Path(p) for p in paths if Path(p).exists()]
     if not existing:
         return []
-    count = f"{len(existing)} output{'s' if len(existing) > 1 else ''}"
+    several = len(existing) > 1
+    count = f"{len(existing)} output{'s' if several else ''}"
     if not force:
         raise OutputExistsError(
-            f"{count} already exist{'' if len(existing) > 1 else 's'}: {_listing(existing)}. "
-            f'Nothing was written. Pass --force (force=True in Python) to replace them, '
+            f"{count} already exist{'' if several else 's'}: {_listing(existing)}. Nothing "
+            f"was written. Pass --force (force=True in Python) to replace {'them' if several else 'it'}, "
             f'or choose {where}')
     print_log(f'--force: replacing {count}: {_listing(existing)}', logger='current')
     return existing

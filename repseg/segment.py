@@ -316,9 +316,9 @@ def segment(config, checkpoint, inputs: Sequence, out_dir, device: Optional[str]
     from .inference import check_device
 
     check_output_location(out_dir, is_folder=True, what='--out-dir')
-    sources = collect_sources(inputs, out_dir)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     check_device(device)
+    sources = collect_sources(inputs, out_dir)
     claim_segment_outputs(sources, force)
     model = load_segmentor(config, checkpoint, device, fp16)
     summary = segment_sources(Segmenter(model), sources, batch_size, opacity, progress)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LAYOUT_NAMES = ('official', 'timm', 'mmpretrain', 'repseg')  # repseg.checkpoint.LAYOUTS
+LAYOUT_NAMES = ('repseg', 'official', 'timm', 'mmpretrain')  # repseg.checkpoint.LAYOUTS
 
 
 def parse_args(argv=None):

@@ -5,6 +5,11 @@
 launch() {
     local processes=$1 tool=$2
     shift 2
+    if ! [[ $processes =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: NUM_PROCESSES must be a positive integer (the processes to start," \
+             "one per GPU), got '$processes'" >&2
+        exit 2
+    fi
     local tools
     tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     PYTHONPATH="$tools/..${PYTHONPATH:+:$PYTHONPATH}" \

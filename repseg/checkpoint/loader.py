@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -109,16 +111,21 @@ def load_checkpoint_file(path: Union[str, os.PathLike], what: str = 'checkpoint'
             f'{prefix}: it is not a PyTorch checkpoint but {_describe_start(head)}; files '
             'written by torch.save are zip archives (or pickles). Check the path, or '
             'download the checkpoint again')
+    if head.startswith(TORCH_FILE_MAGIC[0]) and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f'{prefix}: it is truncated ({path.stat().st_size:,} bytes; the zip archive '
+            'torch.save writes has no end), as an interrupted download or copy leaves it; '
+            'get the file again')
     try:
         return read_checkpoint_file(path)
     except pickle.UnpicklingError as error:
-        reason = next((line.strip() for line in str(error).splitlines()
-                       if 'WeightsUnpickler error' in line), str(error).splitlines()[0])
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+        objects = f' (e.g. {found.group(1)})' if found else ''
         raise CheckpointError(
-            f'{prefix}: it holds Python objects besides tensors, which repseg does not '
-            f'unpickle (weights_only=True, safe against code in the file): {reason}. '
-            'If you trust the file, re-save its weights alone: '
-            "torch.save({'state_dict': model.state_dict()}, path)") from error
+            f'{prefix}: it holds Python objects besides tensors{objects}, which repseg '
+            'does not unpickle (weights_only=True: a checkpoint must not be able to run '
+            'code). If you trust the file, load it with torch.load(path, weights_only=False) '
+            "and save its weights alone: torch.save({'state_dict': state_dict}, path)") from error
     except Exception as error:
         raise CheckpointError(
             f'{prefix}: {type(error).__name__}: {str(error).splitlines()[0]}. The file may '

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
-import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
@@ -241,9 +240,9 @@ def segmentor_of(model: nn.Module) -> nn.Module:
 
 
 def read_segmentor_checkpoint(checkpoint) -> tuple[dict, dict]:
-    """``(state_dict, meta)`` of a whole-segmentor checkpoint (``weights_only`` loading;
-    ``state_dict`` containers and ``module.`` prefixes handled by
-    :func:`repseg.checkpoint.read_state_dict`)."""
+    """``(state_dict, meta)`` of a whole-segmentor checkpoint (read by
+    :func:`repseg.checkpoint.loader.load_checkpoint_file`; ``state_dict`` containers and
+    ``module.`` prefixes handled by :func:`repseg.checkpoint.read_state_dict`)."""
     obj = load_checkpoint_file(checkpoint)
     meta = obj.get('meta') if isinstance(obj, Mapping) else None
     state, _ = read_state_dict(obj)

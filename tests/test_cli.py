@@ -1,0 +1,262 @@
+"""The convention of every tool (repseg/cli.py) and the overwrite rule (repseg/fileio.py):
+``--help`` without torch, exit statuses end to end, ``--force``, and the helpers."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import repseg
+from repseg.checkpoint import LAYOUTS
+from repseg.checkpoint.convert import convert_checkpoint
+from repseg.cli import exit_on_user_error, parse_cfg_options
+from repseg.data.toy_city import make_toy_cityscapes, toy_city_files
+from repseg.errors import InvalidArgumentError, OutputExistsError, VerificationError
+from repseg.fileio import OutputLocationError, check_output_location, claim_outputs, same_file
+from repseg.mmseg.builder import build_segmentor, load_config
+from repseg.mmseg.deploy import deploy_segmentor
+from tiny_models import load_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ('train', 'test', 'infer', 'deploy', 'convert', 'export_onnx', 'benchmark',
+         'prepare_cityscapes', 'make_toy_cityscapes', 'check_archs', 'demo')
+#: Generous bound for ``--help`` on a 2-core CI machine (measured: about 0.3 s).
+HELP_SECONDS = 1.5
+#: Run a tool as a script with the heavy packages made unimportable.
+NO_HEAVY_IMPORTS = """
+import runpy, sys
+for name in ('torch', 'mmengine', 'mmseg', 'mmcv', 'cv2', 'numpy'):
+    sys.modules[name] = None  # importing them now raises ImportError
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def run_script(*args, code=None, cwd=ROOT):
+    command = [sys.executable, '-c', code, *map(str, args)] if code else \
+        [sys.executable, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help_answers_fast_without_torch(tool):
+    start = time.perf_counter()
+    result = run_script(ROOT / 'tools' / f'{tool}.py', '--help', code=NO_HEAVY_IMPORTS)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith('usage:')
+    assert seconds < HELP_SECONDS
+
+
+def test_usage_errors_exit_2_without_torch():
+    result = run_script(ROOT / 'tools' / 'train.py', code=NO_HEAVY_IMPORTS)
+    assert result.returncode == 2
+    assert 'error: the following arguments are required: config' in result.stderr
+
+
+def test_copies_of_library_constants_in_the_tools_agree():
+    from repseg import benchmark, export
+
+    assert load_tool('convert').LAYOUT_NAMES == tuple(LAYOUTS)
+    assert load_tool('export_onnx').DEFAULT_OPSET == export.DEFAULT_OPSET
+    tool = load_tool('benchmark')
+    assert tool.DEFAULT_SHAPE == benchmark.DEFAULT_SHAPE
+    assert tool.CLS_DEFAULTS == benchmark.CLS_DEFAULTS
+    assert tool.TORCHVISION_CLASSIFIERS == benchmark.TORCHVISION_CLASSIFIERS
+
+
+# End to end: real processes ---------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def a0_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp('cli') / 'a0.pth'
+    torch.save(repseg.create_model('A0', num_classes=3).state_dict(), path)
+    return path
+
+
+def test_user_error_exits_2_with_one_paragraph_and_no_traceback(a0_checkpoint):
+    before = a0_checkpoint.read_bytes()
+    result = run_script(ROOT / 'tools' / 'convert.py', a0_checkpoint, a0_checkpoint,
+                        '--arch', 'A0', '--force')
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: ') and result.stderr.count('\n') == 1
+    assert 'Traceback' not in result.stderr and 'is the source checkpoint' in result.stderr
+    assert a0_checkpoint.read_bytes() == before
+
+
+BROKEN_CONVERT = """
+import runpy, sys
+sys.path.insert(0, '.')
+import repseg.checkpoint.convert as convert
+
+def broken(*args, **kwargs):
+    raise {error}
+
+convert.convert_checkpoint = broken
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.parametrize('error, status, shown', [
+    ("RuntimeError('a bug')", 1, 'Traceback'),
+    ('KeyboardInterrupt', 130, 'error: interrupted (Ctrl-C)'),
+], ids=['bug', 'ctrl-c'])
+def test_bugs_keep_their_traceback_and_ctrl_c_exits_130(error, status, shown, tmp_path,
+                                                       a0_checkpoint):
+    result = run_script(ROOT / 'tools' / 'convert.py', a0_checkpoint, tmp_path / 'out.pth',
+                        '--arch', 'A0', code=BROKEN_CONVERT.format(error=error))
+    assert result.returncode == status, result.stderr[-2000:]
+    assert shown in result.stderr
+    if status == 130:
+        assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_cuda_without_cuda_exits_2(tmp_path):
+    result = run_script(ROOT / 'tools' / 'infer.py', 'config.py', 'model.pth', tmp_path,
+                        '--device', 'cuda', '--out-dir', tmp_path / 'out')
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+    assert "error: device 'cuda': CUDA is not available on this machine" in result.stderr
+
+
+@pytest.mark.parametrize('launcher, argv', [('dist_train.sh', ['cfg.py', 'eight']),
+                                             ('dist_test.sh', ['cfg.py', 'ckpt.pth', '0'])])
+def test_launchers_refuse_a_bad_process_count(launcher, argv):
+    result = subprocess.run(['bash', str(ROOT / 'tools' / launcher), *argv],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: NUM_PROCESSES must be a positive integer')
+
+
+# The helpers --------------------------------------------------------------------------------
+
+def test_cfg_options_accumulate_and_parse_like_mmengine():
+    args = load_tool('train').parse_args(['cfg.py', '--cfg-options', 'a.b=1', 'c=[1,2]',
+                                          '--cfg-options', 'd=None', 'e=x,y', 'f=0.5'])
+    assert parse_cfg_options(args.cfg_options) == {
+        'a.b': 1, 'c': [1, 2], 'd': None, 'e': ['x', 'y'], 'f': 0.5}
+    assert parse_cfg_options(None) is None
+    with pytest.raises(InvalidArgumentError, match="'a.b': expected KEY=VALUE"):
+        parse_cfg_options(['a.b'])
+
+
+@pytest.mark.parametrize('error, status', [
+    (InvalidArgumentError('bad value'), 2), (FileNotFoundError('no such file'), 2),
+    (VerificationError('check failed'), 1), (KeyboardInterrupt(), 130),
+])
+def test_exit_statuses(error, status, capsys):
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        raise error
+    assert exit_info.value.code == status
+    assert capsys.readouterr().err.startswith('error: ')
+
+
+def test_other_errors_propagate():
+    with pytest.raises(OSError), exit_on_user_error():
+        raise OSError('disk full')
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """The messages repseg.fileio logs."""
+    messages = []
+    monkeypatch.setattr('repseg.fileio.print_log', lambda message, **kwargs: messages.append(message))
+    return messages
+
+
+def test_claim_outputs_refuses_lists_and_replaces_with_force(tmp_path, logged):
+    paths = [tmp_path / f'{i}.png' for i in range(8)]
+    for path in paths[:7]:
+        path.write_bytes(b'old')
+    assert claim_outputs(paths[7:], force=False) == []
+    with pytest.raises(OutputExistsError) as error:
+        claim_outputs(paths, force=False)
+    assert str(error.value).startswith(f'7 outputs already exist: {paths[0]}, ')
+    assert 'and 2 more. Nothing was written. Pass --force' in str(error.value)
+    assert isinstance(error.value, FileExistsError)
+    assert not logged
+    assert claim_outputs(paths, force=True) == paths[:7]
+    assert logged == [f'--force: replacing 7 outputs: {", ".join(map(str, paths[:5]))} and 2 more']
+    assert all(path.read_bytes() == b'old' for path in paths[:7])  # only claimed
+
+
+def test_same_file_sees_links_and_spellings(tmp_path):
+    (tmp_path / 'a').write_bytes(b'x')
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'soft').symlink_to(tmp_path / 'a')
+    os.link(tmp_path / 'a', tmp_path / 'hard')
+    for other in ('soft', 'hard', 'sub/../a', './a'):
+        assert same_file(tmp_path / 'a', tmp_path / other), other
+    assert not same_file(tmp_path / 'a', tmp_path / 'b')
+    (tmp_path / 'b').write_bytes(b'x')
+    assert not same_file(tmp_path / 'a', tmp_path / 'b')
+
+
+def test_check_output_location(tmp_path):
+    (tmp_path / 'file').write_text('x')
+    (tmp_path / 'dir').mkdir()
+    assert check_output_location(tmp_path / 'new' / 'deeper', is_folder=True)
+    assert check_output_location(tmp_path / 'dir', is_folder=True)
+    for path, is_folder in ((tmp_path / 'file' / 'x' / 'y', True), (tmp_path / 'file', True),
+                            (tmp_path / 'dir', False)):
+        with pytest.raises(OutputLocationError):
+            check_output_location(path, is_folder)
+
+
+# --force and the outputs it protects -------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def segmentor_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('segmentor')
+    cfg = load_config(ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py',
+                      {'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8})
+    cfg.dump(str(folder / 'narrow.py'))
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = build_segmentor(cfg)
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, folder / 'seg.pth')
+    return folder, model
+
+
+def test_deploy_force_replaces_earlier_outputs_and_says_so(segmentor_files, tmp_path, logged):
+    folder, _ = segmentor_files
+    ckpt, cfg = deploy_segmentor(folder / 'narrow.py', folder / 'seg.pth', tmp_path,
+                                 verify_shape=None)
+    Path(ckpt).write_bytes(b'stale')
+    load_tool('deploy').main([str(folder / 'narrow.py'), str(folder / 'seg.pth'),
+                              str(tmp_path), '--force'])
+    assert logged == [f'--force: replacing 2 outputs: {ckpt}, {cfg}']
+    assert torch.load(ckpt, weights_only=True)['meta']['repseg_fused'] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['narrow_deploy.pth', 'narrow_deploy.py']
+
+
+def test_convert_takes_the_backbone_of_a_segmentor_checkpoint(segmentor_files, tmp_path):
+    folder, model = segmentor_files
+    summary = convert_checkpoint(folder / 'seg.pth', tmp_path / 'backbone.pth', 'A0',
+                                 to='repseg')
+    expected = {k[len('backbone.'):]: v for k, v in model.state_dict().items()
+                if k.startswith('backbone.')}
+    written = torch.load(tmp_path / 'backbone.pth', weights_only=True)
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    heads = [k for k in model.state_dict() if not k.startswith('backbone.')]
+    assert summary['num_classes'] == 0 and summary['segmentor_heads'] == len(heads)
+    classifier = repseg.create_model('A0', num_classes=0)
+    report = repseg.load_checkpoint(classifier, folder / 'seg.pth')
+    assert 'backbone of a segmentor checkpoint' in report.summary()
+    assert torch.equal(classifier.stem.conv3x3.conv.weight,
+                       expected['stem.conv3x3.conv.weight'])
+
+
+def test_toy_city_files_are_the_files_written(tmp_path):
+    make_toy_cityscapes(tmp_path, num_train=2, num_val=1, size=(32, 32))
+    written = {p for p in tmp_path.rglob('*') if p.is_file()}
+    assert written == set(toy_city_files(tmp_path, num_train=2, num_val=1))
+    make_toy_cityscapes(tmp_path, num_train=2, num_val=1, size=(32, 32), force=True)
+    with pytest.raises(FileExistsError):
+        make_toy_cityscapes(tmp_path, num_train=1, num_val=0, size=(32, 32))
