@@ -243,7 +243,8 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, device: str,
                name: str = '') -> tuple[list[float], Optional[float]]:
     """Seconds per call of ``fn`` after ``warmup`` calls, and the peak memory in MB."""
     if iters < 1 or warmup < 0:
-        raise InvalidArgumentError(f'need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}')
+        raise InvalidArgumentError(f'need iters >= 1 and warmup >= 0, got iters={iters}, '
+                                   f'warmup={warmup}')
     memory = PeakMemory(device)
     memory.start()
     print_log(f'{name}: {warmup} warm-up calls, {iters} timed calls', logger='current')

@@ -8,7 +8,8 @@
   naming the file or key and the fix, no traceback (a :class:`repseg.errors.UserError`,
   a missing file, or argparse's usage errors). 1: a bug (with its traceback) or a
   failed self-check (:class:`repseg.errors.VerificationError`, with its message). 130:
-  interrupted (Ctrl-C); files are written atomically, so nothing half-written is left.
+  interrupted (Ctrl-C); checkpoints and other model files are written atomically
+  (:mod:`repseg.fileio`), so none is left half-written.
 * Known-harmless third-party warnings (:mod:`repseg.logs`) are silenced; every other
   warning is kept.
 * Outputs are never replaced silently: see :func:`repseg.fileio.claim_outputs`.
@@ -67,7 +68,7 @@ def exit_on_user_error() -> Iterator[None]:
         _report(str(error))
         raise SystemExit(EXIT_BUG) from None
     except KeyboardInterrupt:
-        _report('interrupted (Ctrl-C); files written so far are complete (atomic writes)')
+        _report('interrupted (Ctrl-C)')
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 

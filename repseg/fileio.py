@@ -5,7 +5,8 @@ target's folder and renamed over the target (``os.replace`` is atomic on POSIX),
 crash or Ctrl-C mid-write never leaves a truncated file behind.
 
 Every tool that writes files the user names (``convert.py DST``, ``deploy.py OUT_DIR``,
-``export_onnx.py OUT``, ``infer.py --out-dir``, ``test.py --out``) follows one rule,
+``export_onnx.py OUT``, ``infer.py --out-dir``, ``test.py --out``, ``benchmark.py --json``,
+``make_toy_cityscapes.py``) follows one rule,
 :func:`claim_outputs`: existing outputs are refused, listed, unless ``--force`` (then one
 line says which are replaced); an output that is one of the tool's inputs is refused even
 with ``--force`` (:func:`refuse_input_as_output`); and an output below a file instead of a
@@ -99,10 +100,11 @@ def claim_outputs(paths: Iterable[PathLike], force: bool, where: str = 'another 
     several = len(existing) > 1
     count = f"{len(existing)} output{'s' if several else ''}"
     if not force:
+        them = 'them' if several else 'it'
         raise OutputExistsError(
             f"{count} already exist{'' if several else 's'}: {_listing(existing)}. Nothing "
-            f"was written. Pass --force (force=True in Python) to replace {'them' if several else 'it'}, "
-            f'or choose {where}')
+            f'was written. Pass --force (force=True in Python) to replace {them}, or choose '
+            f'{where}')
     print_log(f'--force: replacing {count}: {_listing(existing)}', logger='current')
     return existing
 

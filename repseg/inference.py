@@ -133,7 +133,8 @@ def prepare_for_inference(model: nn.Module, fuse: bool = True, fp16: bool = Fals
         (``SegDataSample`` with ``pred_sem_seg``); ``seg_logits`` are in the model's dtype.
     """
     if half_dtype not in (torch.float16, torch.bfloat16):
-        raise InvalidArgumentError(f'half_dtype must be torch.float16 or torch.bfloat16, got {half_dtype}')
+        raise InvalidArgumentError(f'half_dtype must be torch.float16 or torch.bfloat16, got '
+                                   f'{half_dtype}')
     if fuse:
         reparameterize(model, inplace=True)
     model.eval()
@@ -155,7 +156,8 @@ def _as_chw_tensor(image: Image) -> torch.Tensor:
     """An ``H x W x 3`` array (as mmcv/cv2 load it) or a ``3 x H x W`` tensor, as CHW."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3:
-            raise InvalidArgumentError(f'expected an H x W x C image array, got shape {image.shape}')
+            raise InvalidArgumentError(f'expected an H x W x C image array, got shape '
+                                       f'{image.shape}')
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     if torch.is_tensor(image) and image.dim() == 3:
         return image

@@ -165,7 +165,8 @@ def test_other_errors_propagate():
 def logged(monkeypatch):
     """The messages repseg.fileio logs."""
     messages = []
-    monkeypatch.setattr('repseg.fileio.print_log', lambda message, **kwargs: messages.append(message))
+    monkeypatch.setattr('repseg.fileio.print_log',
+                        lambda message, **kwargs: messages.append(message))
     return messages
 
 

@@ -217,7 +217,8 @@ CASES = [
          2, 'cannot parse the value'),
     Case('train-cfg-option-typo', 'train', '{ws}/narrow.py --cfg-options train_cfgg.max_iters=2',
          2, "did you mean 'train_cfg'"),
-    Case('train-unknown-arch', 'train', '{ws}/narrow.py --cfg-options {data} model.backbone.arch=B5',
+    Case('train-unknown-arch', 'train',
+         '{ws}/narrow.py --cfg-options {data} model.backbone.arch=B5',
          2, "unknown RepVGG arch 'B5'"),
     Case('train-missing-data-root', 'train', '{ws}/narrow.py --cfg-options '
          'train_dataloader.dataset.data_root={tmp}/nowhere', 2, "'{tmp}/nowhere' does not exist"),
@@ -281,7 +282,8 @@ CASES = [
          2, 'is already fused'),
     Case('deploy-deploy-config', 'deploy', FUSED + ' {tmp}/out', 2,
          'already builds a fused (deploy=True) backbone'),
-    Case('deploy-not-repvgg', 'deploy', f'{ROOT}/configs/pspnet_r50_d8.py {{ws}}/seg.pth {{tmp}}/out',
+    Case('deploy-not-repvgg', 'deploy',
+         f'{ROOT}/configs/pspnet_r50_d8.py {{ws}}/seg.pth {{tmp}}/out',
          2, "builds backbone type 'ResNetV1c'"),
     Case('deploy-nan-checkpoint', 'deploy', '{ws}/narrow.py {ws}/nan.pth {tmp}/out', 2,
          'holds NaN or Inf in'),
@@ -403,33 +405,36 @@ def test_tool_case(case, ws, ws_print, tmp_path, capsys, monkeypatch):
 
 # The Python API ------------------------------------------------------------------------------
 
-API_CASES = [
-    ('load-empty-state-dict', lambda ws, tmp: repseg.load_checkpoint(repseg.create_model('A0'), {}),
+def a0(num_classes=1000):
+    return repseg.create_model('A0', num_classes=num_classes)
+
+
+API_CASES = [  # (id, call(ws, tmp), exception type, phrase)
+    ('load-empty-state-dict', lambda ws, tmp: repseg.load_checkpoint(a0(), {}),
      CheckpointError, 'holds no tensors (an empty state dict)'),
-    ('negative-classes', lambda ws, tmp: repseg.create_model('A0', num_classes=-1), ValueError,
-     'num_classes must be an integer >= 0, got -1'),
-    ('reparameterize-a-string', lambda ws, tmp: repseg.reparameterize('hello'), TypeError,
-     "takes a torch.nn.Module (a RepVGG, a backbone or a segmentor holding RepVGG blocks), "
-     "got str 'hello'"),
-    ('unknown-arch', lambda ws, tmp: repseg.create_model('B5'), ValueError,
-     "unknown RepVGG arch 'B5'; choose from A0"),
-    ('arch-not-a-string', lambda ws, tmp: repseg.create_model(2), TypeError,
-     "RepVGG arch must be a string such as 'B2', got int"),
-    ('load-text-file', lambda ws, tmp: repseg.load_checkpoint(repseg.create_model('A0'), ws / 'text.pth'),
+    ('negative-classes', lambda ws, tmp: a0(num_classes=-1),
+     ValueError, 'num_classes must be an integer >= 0, got -1'),
+    ('reparameterize-a-string', lambda ws, tmp: repseg.reparameterize('hello'),
+     TypeError, 'takes a torch.nn.Module (a RepVGG, a backbone or a segmentor holding '
+     "RepVGG blocks), got str 'hello'"),
+    ('unknown-arch', lambda ws, tmp: repseg.create_model('B5'),
+     ValueError, "unknown RepVGG arch 'B5'; choose from A0"),
+    ('arch-not-a-string', lambda ws, tmp: repseg.create_model(2),
+     TypeError, "RepVGG arch must be a string such as 'B2', got int"),
+    ('load-text-file', lambda ws, tmp: repseg.load_checkpoint(a0(), ws / 'text.pth'),
      CheckpointError, 'not a PyTorch checkpoint'),
-    ('load-missing-file', lambda ws, tmp: repseg.load_checkpoint(repseg.create_model('A0'),
-                                                            ws / 'missing.pth'),
+    ('load-missing-file', lambda ws, tmp: repseg.load_checkpoint(a0(), ws / 'missing.pth'),
      FileNotFoundError, 'checkpoint file not found'),
-    ('load-other-arch', lambda ws, tmp: repseg.load_checkpoint(repseg.create_model('A1', num_classes=5),
-                                                          ws / 'a0.pth'),
+    ('load-other-arch', lambda ws, tmp: repseg.load_checkpoint(
+        repseg.create_model('A1', num_classes=5), ws / 'a0.pth'),
      CheckpointMismatchError, 'the checkpoint looks like RepVGG-A0'),
-    ('convert-onto-itself', lambda ws, tmp: convert_checkpoint(ws / 'a0.pth', ws / 'a0.pth', 'A0',
-                                                          force=True),
+    ('convert-onto-itself', lambda ws, tmp: convert_checkpoint(
+        ws / 'a0.pth', ws / 'a0.pth', 'A0', force=True),
      FileExistsError, 'is the source checkpoint SRC'),
     ('deploy-nan', lambda ws, tmp: deploy_segmentor(ws / 'narrow.py', ws / 'nan.pth', tmp),
      ValueError, 'the training run diverged'),
-    ('segment-nothing', lambda ws, tmp: segment(ws / 'narrow.py', ws / 'seg.pth', [ws / 'empty_dir'],
-                                                tmp),
+    ('segment-nothing', lambda ws, tmp: segment(ws / 'narrow.py', ws / 'seg.pth',
+                                                [ws / 'empty_dir'], tmp),
      ValueError, 'no images or videos found'),
     ('toy-city-too-small', lambda ws, tmp: make_toy_cityscapes(tmp, size=(8, 8)),
      ValueError, 'at least 32x32'),

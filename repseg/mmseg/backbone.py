@@ -91,7 +91,8 @@ class RepVGGBackbone(BaseModule):
         self.arch = canonical_arch_name(arch)
         spec = get_arch(self.arch)
         if any(not 0 <= i <= 3 for i in out_indices):
-            raise InvalidArgumentError(f'out_indices must index stages 1-4 as 0-3, got {tuple(out_indices)}')
+            raise InvalidArgumentError(f'out_indices must index stages 1-4 as 0-3, got '
+                                       f'{tuple(out_indices)}')
         if not -1 <= frozen_stages <= 4:
             raise InvalidArgumentError(f'frozen_stages must be in -1..4, got {frozen_stages}')
         self.out_indices = tuple(out_indices)
