@@ -381,6 +381,8 @@ def run_tool(tool: str, argv: list, capsys) -> tuple[int, str]:
     except Exception as error:  # a bug: Python would print the traceback and exit 1
         print(f'{type(error).__name__}: {error}', file=sys.stderr)
         status = 1
+    except KeyboardInterrupt:  # unhandled: Python would print a traceback
+        status = 'KeyboardInterrupt escaped'
     return status, capsys.readouterr().err
 
 
