@@ -21,7 +21,7 @@ from tiny_models import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ('train', 'test', 'infer', 'deploy', 'convert', 'export_onnx', 'benchmark',
-         'prepare_cityscapes', 'make_toy_cityscapes', 'check_archs', 'demo')
+         'prepare_cityscapes', 'make_toy_cityscapes', 'check_archs', 'demo', 'speed_variants')
 #: Generous bound for ``--help`` on a 2-core CI machine (measured: about 0.3 s).
 HELP_SECONDS = 1.5
 #: Run a tool as a script with the heavy packages made unimportable.
@@ -65,6 +65,9 @@ def test_copies_of_library_constants_in_the_tools_agree():
     assert tool.DEFAULT_SHAPE == benchmark.DEFAULT_SHAPE
     assert tool.CLS_DEFAULTS == benchmark.CLS_DEFAULTS
     assert tool.TORCHVISION_CLASSIFIERS == benchmark.TORCHVISION_CLASSIFIERS
+    from repseg.fast_inference.variants import COMPILE_VARIANTS, VARIANTS
+
+    assert load_tool('speed_variants').VARIANT_NAMES == (*VARIANTS, *COMPILE_VARIANTS)
 
 
 # End to end: real processes ---------------------------------------------------------------

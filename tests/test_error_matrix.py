@@ -354,6 +354,13 @@ CASES = [
          '1 output already exists: {tmp}/r.json', prepare=existing_file('r.json')),
     Case('benchmark-unknown-arch', 'benchmark', '--cls B9 --device cpu', 2,
          "unknown RepVGG arch 'B9'"),
+    # speed_variants
+    Case('variants-unknown', 'speed_variants', '{ws}/narrow.py --device cpu --variants turbo', 2,
+         "unknown variants ['turbo']"),
+    Case('variants-json-exists', 'speed_variants', '{ws}/narrow.py --json {tmp}/v.json', 2,
+         '1 output already exists: {tmp}/v.json', prepare=existing_file('v.json')),
+    Case('variants-cuda-without-cuda', 'speed_variants', '{ws}/narrow.py --device cuda', 2,
+         'CUDA is not available on this machine', marks=(NO_CUDA,)),
     # prepare, toy city, archs
     Case('prepare-root-missing', 'prepare_cityscapes', '{tmp}/cityscapes', 2,
          "Cityscapes root '{tmp}/cityscapes' does not exist"),

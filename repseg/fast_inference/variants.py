@@ -34,7 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..benchmark import (BenchmarkSettings, build_benchmark_segmentor, configure_backends,
                          environment, time_calls)
 from ..errors import UserError
-from ..inference import prepare_for_inference
+from ..inference import check_device, prepare_for_inference
 from .predictor import SegmentationPredictor, SpeedOptions
 
 class VariantsError(UserError, ValueError):
@@ -165,9 +165,7 @@ def measure_speed_variants(config, shape: Sequence[int] = (1024, 2048), batch: i
     if rounds < 1 or iters < 1 or warmup < 0:
         raise VariantsError(f'need rounds >= 1, iters >= 1 and warmup >= 0, got rounds '
                             f'{rounds}, iters {iters}, warmup {warmup}')
-    if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
-        raise VariantsError(f'device {device!r} asked for, but CUDA is not available here; '
-                            "use device 'cpu'")
+    check_device(device)
     configure_backends(BenchmarkSettings(device=device, tf32=False, threads=threads))
     inputs = smooth_inputs(batch, shape, device, seed)
     with torch.random.fork_rng(devices=[]):
