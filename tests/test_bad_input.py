@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from repseg.mmseg.builder import build_segmentor, load_config
-from repseg.mmseg.runner import USER_ERRORS, PreflightError, prepare_config, preflight, run_test
+from repseg.cli import USER_ERRORS
+from repseg.mmseg.runner import PreflightError, prepare_config, preflight, run_test
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'

@@ -250,7 +250,7 @@ CASES = [
          prepare=earlier_predictions),
     Case('test-out-below-a-file', 'test', SEG + ' --out {ws}/notes.txt/out', 2, 'is a file'),
     Case('test-work-dir-is-a-file', 'test', SEG + ' --work-dir {ws}/notes.txt', 2,
-         "--work-dir '{ws}/notes.txt' is a file"),
+         "work dir '{ws}/notes.txt' is a file"),
     # infer
     Case('infer-input-missing', 'infer', SEG + ' {tmp}/nope.png --out-dir {tmp}/out', 2,
          'input not found'),

@@ -50,8 +50,7 @@ def run(args):
     from repseg.mmseg.hooks import LABELIDS_SUFFIX
     from repseg.mmseg.runner import run_test
 
-    for folder, what in ((args.work_dir, '--work-dir'), (args.out, '--out'),
-                         (args.show_dir, '--show-dir')):
+    for folder, what in ((args.out, '--out'), (args.show_dir, '--show-dir')):
         if folder:
             check_output_location(folder, is_folder=True, what=what)
     if args.out:  # the Cityscapes evaluation reads every prediction in the folder

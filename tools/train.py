@@ -39,11 +39,8 @@ def parse_args(argv=None):
 
 def run(args):
     from repseg.cli import parse_cfg_options
-    from repseg.fileio import check_output_location
     from repseg.mmseg.runner import run_train
 
-    if args.work_dir:
-        check_output_location(args.work_dir, is_folder=True, what='--work-dir')
     run_train(args.config, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
               cfg_options=parse_cfg_options(args.cfg_options), launcher=args.launcher,
               skip_data_check=args.skip_data_check, tensorboard=args.tensorboard)

@@ -1,7 +1,8 @@
 """Load a config for ``tools/train.py`` / ``tools/test.py`` and adapt it to this machine
 and to repseg's guards, before anything is checked or built.
 
-* work dir: the argument, else the config's, else ``work_dirs/<config stem>``;
+* work dir: the argument, else the config's, else ``work_dirs/<config stem>``; refused
+  at once if a file stands in its way;
 * no CUDA: SyncBN becomes BN and processes talk over gloo (REFERENCES section 6);
   several processes: the DDP wrapper of :mod:`repseg.mmseg.ddp`;
 * checkpoints: :class:`~repseg.mmseg.hooks.AtomicCheckpointHook` (atomic, finite only);
@@ -23,6 +24,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ..errors import UserError
+from ..fileio import check_output_location
 from .builder import apply_cfg_options, read_config, use_plain_bn
 from .ddp import DeviceAwareDDP
 from .frame_guard import guard_frame_loading
@@ -48,6 +50,7 @@ def prepare_config(config, cfg_options: Optional[Mapping] = None,
     follow_max_iters(cfg, max_iters, cfg_options or {})
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or str(Path('work_dirs') / Path(config).stem)
+    check_output_location(cfg.work_dir, is_folder=True, what='work dir')
     if not torch.cuda.is_available():
         _adapt_to_cpu(cfg)
     if launcher != 'none':

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
@@ -28,7 +27,6 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ..errors import UserError
 from ..fileio import write_text_atomically
 from ..logs import quiet_logger
 from .builder import read_segmentor_checkpoint, segmentor_of
@@ -38,30 +36,14 @@ from .hooks import CityscapesLabelIdsHook, PerClassIoUMetric
 from .preflight import PreflightError, checked_weights, config_problems, preflight
 from .tensorboard import add_tensorboard
 
-__all__ = ['USER_ERRORS', 'PreflightError', 'build_runner', 'checked_weights',
-           'config_problems', 'configure_test', 'enable_amp', 'exit_on_user_error',
-           'init_distributed', 'preflight', 'prepare_config', 'run_test', 'run_train']
+__all__ = ['PreflightError', 'build_runner', 'checked_weights', 'config_problems',
+           'configure_test', 'enable_amp', 'init_distributed', 'preflight', 'prepare_config',
+           'run_test', 'run_train']
 
 #: Per-run metrics of ``tools/test.py``, in its work dir.
 METRICS_FILE = 'metrics.json'
 
 _run_ids = itertools.count()
-
-#: Errors that are the user's to fix: tools print their message and exit with status 2.
-USER_ERRORS = (UserError, FileNotFoundError)
-
-
-@contextlib.contextmanager
-def exit_on_user_error(status: int = 2) -> Iterator[None]:
-    """For command-line tools: print a user error as ``error: ...`` on stderr (no
-    traceback) and exit with ``status``; any other exception propagates as usual."""
-    try:
-        yield
-    except USER_ERRORS as error:
-        sys.stderr.write(f'error: {error}\n')
-        sys.stderr.flush()
-        raise SystemExit(status) from None
-
 
 # Distributed setup ------------------------------------------------------------------
 
