@@ -383,7 +383,8 @@ def toy_city_files(out_dir, num_train=48, num_val=12):
             name = frame_name(split, index)
             files.append(out_dir / layout.img_dir(split) / CITY / (name + layout.IMG_SUFFIX))
             files += [out_dir / layout.ann_dir(split) / CITY / (name + suffix)
-                      for suffix in (layout.LABEL_ID_SUFFIX, layout.TRAIN_ID_SUFFIX)]
+                      for suffix in (layout.LABEL_ID_SUFFIX, layout.INSTANCE_ID_SUFFIX,
+                                     layout.TRAIN_ID_SUFFIX)]
         files.append(out_dir / f'{split}.txt')
     return files
 
