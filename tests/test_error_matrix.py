@@ -407,7 +407,12 @@ def test_tool_case(case, ws, ws_print, tmp_path, capsys, monkeypatch):
     phrase = case.phrase.format(**names)
     assert phrase in ' '.join(err.split()), err[-2000:]
     if case.status == 2 and 'usage:' not in err:
-        assert err.startswith('error: ') and err.count('error: ') == 1, err[-2000:]
+        # one `error:` paragraph, at the start of a line, after nothing but progress bars
+        start = err.find('error: ')
+        assert start == 0 or err[start - 1] == '\n', err[-2000:]
+        assert err.count('error: ') == 1 and 'Traceback' not in err, err[-2000:]
+        assert all('frame/s' in line or 'it/s' in line or not line.strip()
+                   for line in err[:start].replace('\r', '\n').splitlines()), err[-2000:]
     assert fingerprint(tmp_path) == before, 'the case changed its own inputs'
     assert fingerprint(ws) == ws_print, 'the case changed the shared inputs'
 

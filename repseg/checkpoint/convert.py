@@ -13,6 +13,7 @@ from ..models.arch import canonical_arch_name
 from ..models.reparam import reparameterize
 from ..models.repvgg import create_model
 from .layouts import CLASSIFIER, LAYOUTS
+from .sources import resolve_checkpoint
 from .loader import (backbone_of_segmentor, detect_layout, export_state_dict,
                      load_checkpoint, read_state_dict, to_repseg_keys)
 
@@ -56,12 +57,15 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
         raise InvalidArgumentError(f"unknown checkpoint layout {to!r}; choose from "
                                    f"{', '.join(LAYOUTS)}")
     dst = check_output_location(dst, is_folder=False, what='DST')
-    if not Path(src).exists():
-        raise FileNotFoundError(f'checkpoint file not found: {src}')
-    refuse_input_as_output({'source checkpoint SRC': src}, dst)
+    if Path(src).exists():  # before claim_outputs: SRC as DST is refused even with --force
+        refuse_input_as_output({'source checkpoint SRC': src}, dst)
     if not dst.parent.is_dir():
         raise FileNotFoundError(f'output folder not found: {dst.parent}')
     claim_outputs([dst], force, 'another DST')
+    src = resolve_checkpoint(src)  # a URL or hub name: its cached file (fetched if needed)
+    if not src.exists():
+        raise FileNotFoundError(f'checkpoint file not found: {src}')
+    refuse_input_as_output({'source checkpoint SRC': src}, dst)
     raw, name = read_state_dict(src)
     raw, _ = backbone_of_segmentor(raw, name)
     state, _ = to_repseg_keys(raw, detect_layout(raw, name))

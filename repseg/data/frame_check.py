@@ -194,7 +194,7 @@ def _decode(jobs: list, rules: FrameRules, workers: Optional[int], progress: boo
     if workers is None:
         workers = min(available_cpus(), max(1, len(jobs) // MIN_PAIRS_PER_WORKER))
     jobs = [(img, label, rules) for img, label in jobs]
-    bar = dict(total=len(jobs), desc=desc, unit='frame', disable=not progress)
+    bar = dict(total=len(jobs), desc=desc, unit='frame', disable=not progress or not jobs)
     if workers <= 1:
         return [_check_pair(job) for job in tqdm(jobs, **bar)]
     methods = multiprocessing.get_all_start_methods()
