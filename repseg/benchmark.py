@@ -61,6 +61,8 @@ PAPER_PROTOCOL = dict(batch=16, shape=(713, 713), fp16=False, channels_last=Fals
 #: The issue's protocol (REFERENCES section 5): batch 1, one 1024x2048 Cityscapes frame.
 DEFAULT_SHAPE = (1024, 2048)
 CLS_DEFAULTS = dict(batch=128, shape=(224, 224))
+#: Fewest timed calls when a time cap (``max_seconds``) ends timing early.
+MIN_TIMED_CALLS = 3
 TORCHVISION_CLASSIFIERS = ('resnet50', 'resnet101', 'resnet152')
 
 
@@ -80,6 +82,7 @@ class BenchmarkSettings:
     count_flops: bool = True
     threads: Optional[int] = None  # CPU threads (torch.set_num_threads); None: leave as is
     fast_pooling: Optional[bool] = None  # PSP matmul pooling; None: with fp16/channels-last
+    max_seconds: Optional[float] = None  # cap on the timed calls' total (see time_calls)
 
     @property
     def dtype_name(self) -> str:
@@ -240,8 +243,13 @@ def synchronize(device: str) -> None:
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, iters: int, device: str,
-               name: str = '') -> tuple[list[float], Optional[float]]:
-    """Seconds per call of ``fn`` after ``warmup`` calls, and the peak memory in MB."""
+               name: str = '', max_seconds: Optional[float] = None,
+               ) -> tuple[list[float], Optional[float]]:
+    """Seconds per call of ``fn`` after ``warmup`` calls, and the peak memory in MB.
+
+    ``max_seconds`` caps the timed calls' total: timing stops early once it is spent and
+    at least :data:`MIN_TIMED_CALLS` calls were made (so slow models cost a bounded time).
+    """
     if iters < 1 or warmup < 0:
         raise InvalidArgumentError(f'need iters >= 1 and warmup >= 0, got iters={iters}, '
                                    f'warmup={warmup}')
@@ -258,6 +266,9 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, device: str,
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
+        if max_seconds is not None and len(times) >= MIN_TIMED_CALLS \
+                and sum(times) >= max_seconds:
+            break
     return times, memory.stop()
 
 
@@ -438,7 +449,7 @@ def benchmark_pooling(channels: int, settings: BenchmarkSettings) -> list[Benchm
 def measure(target: Target, settings: BenchmarkSettings) -> BenchmarkRecord:
     """Time one target and count its FLOPs."""
     times, peak = time_calls(target.run, settings.warmup, settings.iters, settings.device,
-                             target.name)
+                             target.name, settings.max_seconds)
     fps = settings.batch * len(times) / sum(times)
     gflops = None
     if settings.count_flops and target.flops_model is not None:
@@ -458,7 +469,7 @@ def measure(target: Target, settings: BenchmarkSettings) -> BenchmarkRecord:
         params_m=params / 1e6, tf32=settings.tf32 and not settings.fp16 if on_cuda else None,
         fast_pooling=target.fast_pooling if target.task == 'pooling'
         else _uses_fast_pooling(target.model),
-        warmup=settings.warmup, iters=settings.iters,
+        warmup=settings.warmup, iters=len(times),
         environment=environment(settings.device))
     print_log(f'{target.name}: {fps:.2f} img/s, median {record.latency_ms_median:.1f} ms',
               logger='current')

@@ -13,6 +13,11 @@
    ``weights_only=True``. mmengine 0.10.7 stores its message hub (``HistoryBuffer``
    objects holding numpy arrays) in the checkpoint's ``meta``; we allow-list exactly the
    globals those objects pickle to, instead of turning the safety off.
+
+3. ``distutils`` on Python >= 3.12, which removed it: every mmengine Runner calls
+   ``collect_env``, which imports ``distutils.errors``. setuptools normally supplies the
+   module; only where nothing does, a stand-in holding the one error class mmengine
+   catches is registered.
 """
 from __future__ import annotations
 
@@ -98,6 +103,32 @@ def allow_mmengine_checkpoint_globals() -> None:
     ])
 
 
+def provide_distutils() -> bool:
+    """Register a minimal ``distutils.errors`` if no ``distutils`` can be imported.
+
+    Returns whether the stand-in was registered (never while setuptools provides one).
+    """
+    if importlib.util.find_spec('distutils') is not None:
+        return False
+    try:
+        import setuptools  # noqa: F401  (installs its own distutils when it can)
+    except ImportError:
+        pass
+    if importlib.util.find_spec('distutils') is not None:
+        return False
+    errors = types.ModuleType('distutils.errors', doc='repseg stand-in (repseg/compat.py)')
+
+    class DistutilsPlatformError(Exception):
+        """What mmengine's collect_env catches when no C compiler is found."""
+
+    errors.DistutilsPlatformError = DistutilsPlatformError
+    distutils = types.ModuleType('distutils', doc='repseg stand-in (repseg/compat.py)')
+    distutils.errors = errors
+    sys.modules['distutils'] = distutils
+    sys.modules['distutils.errors'] = errors
+    return True
+
+
 def require_mmcv() -> None:
     """mmcv is an extra (lite or full, which clash); say how to get one if neither is there."""
     if importlib.util.find_spec('mmcv') is None:
@@ -110,3 +141,4 @@ def apply() -> None:
     require_mmcv()
     install_mmcv_ops_stand_in()
     allow_mmengine_checkpoint_globals()
+    provide_distutils()

@@ -70,6 +70,16 @@ def city_copy(tmp_path_factory):
     return copy
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``cuda`` on machines without a CUDA GPU (CI)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (on a GPU machine: pytest -m cuda)')
+    for item in items:
+        if item.get_closest_marker('cuda') is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope='module')
 def single_thread():
     """Run a module's torch ops on one thread. The tests use tiny inputs, where a second

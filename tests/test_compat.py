@@ -91,3 +91,23 @@ def test_weights_only_still_refuses_other_globals(tmp_path):
     torch.save({'payload': NotAllowed()}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_distutils_stand_in_only_where_nothing_provides_it(monkeypatch):
+    assert compat.provide_distutils() is False  # Python 3.11 / setuptools provide it
+    # Python >= 3.12 without setuptools: neither distutils nor setuptools imports.
+    for name in ('distutils', 'distutils.errors', 'setuptools'):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert compat.provide_distutils() is True
+    from distutils import errors
+    assert issubclass(errors.DistutilsPlatformError, Exception)
+    from mmengine.utils.dl_utils import collect_env  # what every Runner runs at start
+    assert collect_env()['PyTorch'] == torch.__version__
+
+
+def test_norm_layer_summary_names_syncbn():
+    from repseg.models.summary import norm_layer_summary
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), nn.BatchNorm2d(4),
+                          nn.SyncBatchNorm(4))
+    assert norm_layer_summary(model) == '1 BatchNorm2d, 2 SyncBatchNorm'
+    assert norm_layer_summary(nn.Linear(2, 2)) == 'none'

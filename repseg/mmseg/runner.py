@@ -29,6 +29,7 @@ from mmengine.logging import print_log
 
 from ..fileio import write_text_atomically
 from ..logs import quiet_logger
+from ..models.summary import norm_layer_summary
 from .builder import read_segmentor_checkpoint, segmentor_of
 from .config import enable_amp, prepare_config
 from .frame_guard import FrameLoadError
@@ -173,6 +174,7 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
     preflight(cfg, 'train', str(config))
     init_distributed(launcher)
     runner = build_runner(cfg)
+    print_log(f'normalization layers: {norm_layer_summary(runner.model)}', logger='current')
     with frame_failures_named(runner):
         runner.train()
     return runner

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -41,6 +42,18 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 rand = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
                 tensor.copy_(low + (high - low) * rand)
     return model
+
+
+def norm_layer_summary(model: nn.Module) -> str:
+    """How many normalization layers of each type ``model`` holds, e.g. '87 SyncBatchNorm'.
+
+    Logged at the start of training: mmengine silently turns SyncBN into BN when a run is
+    not distributed, and repseg does on machines without CUDA.
+    """
+    counts = Counter(type(m).__name__ for m in model.modules()
+                     if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm,
+                                       nn.LayerNorm)))
+    return ', '.join(f'{n} {name}' for name, n in sorted(counts.items())) or 'none'
 
 
 @torch.no_grad()

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""The benchmark matrix of issue 9 in one process (repseg/speed/matrix.py), its targets,
+and profiles of the targets it missed.
+
+  tools/speed_matrix.py [--smoke] [--device cuda] --json matrix.json     # measure, print tables
+  tools/speed_matrix.py --compile --json compile.json                     # + torch.compile paths
+  tools/speed_matrix.py --profile matrix.json --profile-out profile.txt   # per-op tables
+
+PSPNet R-50-D8, R-101-D8, RepVGG B1g2, B1g2-fast, B2, B2-fast (train-time and fused) at
+batch 1, 1024x2048 in fp32 (TF32) and fp16 channels-last; the paper protocol (batch 16,
+713x713, fp32, TF32 off); call paths (label path, CUDA graph, cudnn heuristics); the fused
+B2 backbone against a dense fp16 matmul; a training iteration of B2 and R-101-D8 at
+713x713 batch 2 with AMP. Random weights (calibrated BN). --smoke: tiny models, CPU.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
+import torch  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
+
+from repseg.fileio import write_text_atomically  # noqa: E402
+from repseg.speed.matrix import (full_plan, load_matrix, run_compiled, run_matrix,  # noqa: E402
+                                 smoke_plan)
+from repseg.speed.profiling import profile_keys  # noqa: E402
+from repseg.speed.report import matrix_markdown, targets_table  # noqa: E402
+from repseg.speed.targets import evaluate, keys_to_profile  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--smoke', action='store_true', help='tiny models (CPU check)')
+    parser.add_argument('--device', choices=('cuda', 'cpu'),
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--json', metavar='OUT', help='write the result here (after each record)')
+    parser.add_argument('--compile', action='store_true',
+                        help='time torch.compile of the fp16 label path instead')
+    parser.add_argument('--profile', metavar='MATRIX_JSON',
+                        help='profile the records of the targets this matrix result missed')
+    parser.add_argument('--profile-out', metavar='FILE', help='where the tables go')
+    parser.add_argument('--profile-all', action='store_true',
+                        help="profile every target's records, met or not")
+    parser.add_argument('--profile-limit', type=int, metavar='N',
+                        help='profile at most N records (default: all that qualify)')
+    args = parser.parse_args(argv)
+    if args.profile and not args.profile_out:
+        parser.error('--profile needs --profile-out FILE')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available on this machine')
+    return args
+
+
+def profile(args, plan, log):
+    matrix = load_matrix(args.profile)
+    verdicts = evaluate(matrix)
+    keys = keys_to_profile(verdicts, every_target=args.profile_all)[:args.profile_limit]
+    missed = [v.text for v in verdicts if v.met is False]
+    header = (f"Per-op profiles ({plan.device}); targets missed: {'; '.join(missed) or 'none'}"
+              f"{' (profiling every target: --profile-all)' if args.profile_all else ''}\n")
+    write = lambda text: write_text_atomically(args.profile_out, text)  # noqa: E731
+    write(header + ('' if keys else 'nothing to profile\n'))
+    profile_keys(plan, keys, write, log, header)
+    print(targets_table(verdicts))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    plan = smoke_plan(args.device) if args.smoke else full_plan(args.device)
+    # mmengine's current logger from here on: repseg.benchmark's per-call INFO lines stay
+    # quiet, the matrix prints one line per record itself.
+    MMLogger.get_instance('speed_matrix', log_level='WARNING')
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    json_out = Path(args.json) if args.json else None
+    if args.profile:
+        profile(args, plan, log)
+        return
+    if args.compile:
+        result = run_compiled(plan, json_out, log)
+    else:
+        result = run_matrix(plan, json_out, log)
+    matrix = result.to_dict()
+    print(matrix_markdown(matrix, [] if args.compile else evaluate(matrix)))
+    if result.errors:
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()
