@@ -27,13 +27,12 @@ from repseg.inference import prediction_agreement, prepare_for_inference
 from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.mmseg.deploy import deploy_segmentor
 from repseg.mmseg.fast_psp import pyramid_avg_pool2d
-from tiny_models import TINY_CONFIG, load_tool, random_batch_norms, tiny_segmentor
+from tiny_models import (DEMO_CONFIG, NARROW, TINY_CONFIG, load_tool, narrow_demo_checkpoint,
+                         random_batch_norms, tiny_segmentor)
 
 pytestmark = pytest.mark.cuda
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'
-NARROW = {'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8}
 BINS = (1, 2, 3, 6)
 #: Fraction of pixels where fp16 / bf16 must predict what fp32 predicts (issue 9).
 HALF_AGREEMENT = 0.995
@@ -72,14 +71,7 @@ def data_options(root):
 @pytest.fixture(scope='module')
 def model_files(tmp_path_factory):
     """A narrow demo config and a random-weight checkpoint (written on the CPU)."""
-    folder = tmp_path_factory.mktemp('model')
-    cfg = load_config(DEMO_CONFIG, NARROW)
-    cfg_path = folder / 'narrow.py'
-    cfg.dump(str(cfg_path))
-    torch.manual_seed(0)
-    checkpoint = folder / 'train.pth'
-    torch.save({'state_dict': build_segmentor(cfg).state_dict(), 'meta': {}}, checkpoint)
-    return cfg_path, checkpoint
+    return narrow_demo_checkpoint(tmp_path_factory.mktemp('model'))
 
 
 # ---------------------------------------------------------------------- numerics on CUDA

@@ -7,16 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.mmseg.deploy import deploy_segmentor
 from repseg.segment import (InputError, Segmenter, collect_sources, load_segmentor,
                             segment, segment_sources)
+from tiny_models import narrow_demo_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'
-NARROW = {'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8}
 
 
 def random_scene(rng, height, width):
@@ -32,13 +29,7 @@ def random_scene(rng, height, width):
 def model_files(tmp_path_factory):
     """A narrow demo config, a random-weight train-time checkpoint and its fused pair."""
     folder = tmp_path_factory.mktemp('model')
-    cfg = load_config(DEMO_CONFIG, NARROW)
-    cfg_path = folder / 'narrow.py'
-    cfg.dump(str(cfg_path))
-    torch.manual_seed(0)
-    model = build_segmentor(cfg)
-    ckpt = folder / 'train.pth'
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, ckpt)
+    cfg_path, ckpt = narrow_demo_checkpoint(folder)
     fused_ckpt, fused_cfg = deploy_segmentor(cfg_path, ckpt, folder / 'deploy')
     return dict(cfg=cfg_path, ckpt=ckpt, fused_cfg=Path(fused_cfg), fused_ckpt=Path(fused_ckpt))
 

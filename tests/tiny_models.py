@@ -8,11 +8,14 @@ import torch
 import torch.nn as nn
 from mmengine.config import ConfigDict
 
-from repseg.mmseg.builder import build_segmentor
+from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.models.summary import randomize_batch_norms as random_batch_norms  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / 'tests' / 'configs' / 'pspnet_repvgg_a0_tiny.py'
+DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'pspnet_repvgg_a0_toycity.py'
+#: The demo config with narrower heads (faster tools tests on the toy city).
+NARROW = {'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8}
 
 
 def load_tool(name: str) -> ModuleType:
@@ -46,6 +49,17 @@ def spread_predictions(model: nn.Module, seed: int = 0) -> nn.Module:
     conv.weight.copy_(weight[:, :, None, None])
     conv.bias.copy_(-weight @ mean)
     return model
+
+
+def narrow_demo_checkpoint(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the narrow demo config and a random-weight train-time checkpoint of it into
+    ``folder``; return both paths (what the tools take)."""
+    cfg = load_config(DEMO_CONFIG, NARROW)
+    cfg_path, checkpoint = Path(folder) / 'narrow.py', Path(folder) / 'train.pth'
+    cfg.dump(str(cfg_path))
+    torch.manual_seed(seed)
+    torch.save({'state_dict': build_segmentor(cfg).state_dict(), 'meta': {}}, checkpoint)
+    return cfg_path, checkpoint
 
 
 def tiny_segmentor(seed: int = 0) -> nn.Module:

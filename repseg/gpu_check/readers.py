@@ -144,6 +144,9 @@ def read_test(check: GpuCheck, result: StepResult) -> None:
     shutil.copy(check.path(folder, 'metrics.json'), check.logs / f'metrics_{folder}.json')
     result.details = {k: metrics.get(k) for k in ('mIoU', 'mAcc', 'aAcc', 'fp16')}
     result.note = f"mIoU {metrics.get('mIoU')}, mAcc {metrics.get('mAcc')}, aAcc {metrics.get('aAcc')}"
+    fp32 = next((r.details for r in check.results if r.name == 'test' and r.status == 'ok'), None)
+    if result.name == 'test-fp16' and fp32:
+        result.note += f" (fp32: mIoU {fp32.get('mIoU')}, aAcc {fp32.get('aAcc')})"
 
 
 def read_deploy(check: GpuCheck, result: StepResult) -> None:

@@ -2,8 +2,10 @@
 rewritten after each of them (see the package docstring)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import traceback
 import platform
 import resource
 import shutil
@@ -64,6 +66,20 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return '\n'.join(path.read_text(errors='replace').splitlines()[-lines:])
     except OSError:
         return ''
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """End what is left of a step: its process group (started as its own session, so it
+    holds only the step's processes). TERM, up to 10 s for the leader, then KILL for all."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 class GpuCheck:
@@ -287,32 +303,21 @@ class GpuCheck:
             process = subprocess.Popen(step.command, stdout=log, stderr=subprocess.STDOUT,
                                        cwd=ROOT, env=environ, start_new_session=True)
             deadline = time.perf_counter() + timeout
-            while True:
-                try:
-                    return process.wait(timeout=min(REFRESH_SECONDS,
-                                                    max(deadline - time.perf_counter(), 0.1)))
-                except subprocess.TimeoutExpired:
-                    if time.perf_counter() >= deadline:
-                        self.kill(process)
-                        log.write(f'\n[gpu_check] killed after {timeout:.0f} s\n')
-                        return None
-                    if step.name == 'matrix':  # keep a partial matrix in the summary
-                        readers.read_partial_matrix(self)
-                        self.write_outputs()
+            try:
+                while True:
+                    try:
+                        return process.wait(timeout=min(REFRESH_SECONDS,
+                                                        max(deadline - time.perf_counter(), 0.1)))
+                    except subprocess.TimeoutExpired:
+                        if time.perf_counter() >= deadline:
+                            log.write(f'\n[gpu_check] killed after {timeout:.0f} s\n')
+                            return None
+                        if step.name == 'matrix':  # keep a partial matrix in the summary
+                            readers.read_partial_matrix(self)
+                            self.write_outputs()
+            finally:
+                stop_process_group(process)
 
-    @staticmethod
-    def kill(process: subprocess.Popen) -> None:
-        """Stop the step's process group (its own session): TERM, then KILL."""
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
     # --------------------------------------------------------------------------- outputs
 
@@ -342,13 +347,28 @@ class GpuCheck:
             targets=[v.to_dict() for v in self.verdicts()], matrix=self.merged_matrix())
 
     def write_outputs(self, final: bool = False) -> None:
-        """summary.md, results.json and logs.tar.gz, each replaced atomically."""
+        """results.json, summary.md and logs.tar.gz, each replaced atomically. A failure to
+        render one of them is written into it (and printed) instead of ending the run."""
         from .summary import summary_markdown
 
-        results = self.results_dict(final)
-        write_text_atomically(self.out_dir / RESULTS, json.dumps(results, indent=1) + '\n')
-        write_text_atomically(self.out_dir / SUMMARY, summary_markdown(self, results))
-        write_atomically(self.out_dir / LOGS_ARCHIVE, self._archive_logs)
+        try:
+            results = self.results_dict(final)
+        except Exception:  # noqa: BLE001
+            results = dict(complete=final, error=traceback.format_exc(),
+                           steps=[asdict(r) for r in self.results])
+        write_text_atomically(self.out_dir / RESULTS,
+                              json.dumps(results, indent=1, default=str) + '\n')
+        try:
+            summary = summary_markdown(self, results)
+        except Exception:  # noqa: BLE001
+            summary = ('# repseg gpu_check: the summary could not be rendered\n\n```\n'
+                       f'{traceback.format_exc()}```\n\nSee results.json.\n')
+            self.echo(summary)
+        write_text_atomically(self.out_dir / SUMMARY, summary)
+        try:
+            write_atomically(self.out_dir / LOGS_ARCHIVE, self._archive_logs)
+        except OSError as error:
+            self.echo(f'could not archive the logs: {error}')
 
     def _archive_logs(self, target: str) -> None:
         with tarfile.open(target, 'w:gz') as archive:

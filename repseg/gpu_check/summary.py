@@ -38,8 +38,8 @@ def _status_line(check: GpuCheck, results: dict) -> str:
 
 def _steps_table(check: GpuCheck) -> str:
     rows = [(index, f'`{r.name}`', r.title, r.status if r.status == 'ok' else f'**{r.status}**',
-             f'{r.seconds:.1f}', f'{r.cpu_seconds:.1f}', r.note.replace('|', '/'), r.log or '-')
-            for index, r in enumerate(check.results, 1)]
+             f'{r.seconds:.1f}', f'{r.cpu_seconds:.1f}', r.note.replace('|', '\\|'),
+             r.log or '-') for index, r in enumerate(check.results, 1)]
     return markdown_table(('#', 'step', 'what', 'status', 'seconds', 'CPU seconds', 'result',
                            'log'), rows)
 

@@ -1,11 +1,12 @@
 """Call paths of a prepared segmentor besides mmseg's ``predict``, for the speed matrix.
 
 mmseg's ``predict`` wraps every image in a ``SegDataSample``; a deployment needs only the
-tensor work: normalize, forward, resize the logits to the image, arg-max. That is
-:class:`repseg.export.SegmentorForExport` with ``labels=True`` (what ONNX exports), so the
-same function is timed eagerly, replayed from a CUDA graph (fixed shapes: the launch
-overhead of ~150 kernels per image disappears) and compiled with ``torch.compile``. With
-a model prepared in float16 channels-last, the resize and arg-max run in float16 on the
+tensor work: forward, resize the logits to the image, arg-max. That is the tail of
+:class:`repseg.export.SegmentorForExport` with ``labels=True`` (what ONNX exports), fed the
+normalized batch as ``predict`` is (so both paths time the same work). The same function
+is timed eagerly, replayed from a CUDA graph (fixed shapes: the launch overhead of some
+150 kernels per image disappears) and compiled with ``torch.compile``. With a model
+prepared in float16 channels-last, the resize and arg-max run in float16 on the
 channels-last logits.
 """
 from __future__ import annotations
@@ -21,9 +22,12 @@ TensorFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 def label_function(model: nn.Module) -> TensorFunction:
-    """``image (N x 3 x H x W, 0-255 float32) -> labels (N x H x W, uint8)`` for a prepared
-    segmentor, without gradients."""
+    """``normalized batch (N x 3 x H x W, float32) -> labels (N x H x W, uint8)`` for a
+    prepared segmentor, without gradients."""
     wrapper = SegmentorForExport(model, labels=True).eval()
+    # The input is normalized already (as for predict). The channel swap would also index
+    # with a host-side list, which a CUDA graph cannot capture.
+    wrapper.swap_channels = wrapper.normalize = False
 
     def labels(image: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

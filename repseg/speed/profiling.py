@@ -34,8 +34,11 @@ def op_table(run: Callable[[], object], device: str, warmup: int = 2, iters: int
     for _ in range(warmup):
         run()
     synchronize(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    if cuda:
+        recorder = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    else:  # the same per-op table without kineto, whose start-up costs seconds on a CPU
+        recorder = torch.autograd.profiler.profile(use_kineto=False)
+    with recorder as prof:
         for _ in range(iters):
             run()
         synchronize(device)
