@@ -293,6 +293,7 @@ class Target:
     backend: str = 'pytorch'
     flops_shape: Optional[tuple[int, int]] = None
     fast_pooling: Optional[bool] = None  # for pooling targets; models are inspected
+    outcomes: Optional[dict] = None  # repseg.fast_inference speed options: what took effect
 
 
 def _uses_fast_pooling(model: nn.Module) -> Optional[bool]:

@@ -29,7 +29,7 @@ def parse_args(argv=None):
                                            '(default work_dirs/gpu_check)')
     parser.add_argument('--budget', type=float,
                         help='seconds for the whole run; steps that no longer fit are '
-                             'skipped (default 480, smoke 600)')
+                             'skipped (default 540, smoke 600)')
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile of the fp16 label path (minutes)')
     parser.add_argument('--steps', help='comma-separated step names to run (default: all)')
@@ -50,7 +50,7 @@ def main(argv=None):
         return
     from repseg.gpu_check import GpuCheck
 
-    budget = args.budget or (600 if args.smoke else 480)
+    budget = args.budget or (600 if args.smoke else 540)
     only = args.steps.split(',') if args.steps else None
     check = GpuCheck(args.out_dir, args.work_dir, smoke=args.smoke, budget=budget,
                      compile_step=args.compile, only=only)

@@ -6,11 +6,12 @@ timed-out step is recorded and the next one still runs):
 1. ``environment``: versions, the GPU, and which packages import.
 2. ``matrix``: the benchmark matrix (:mod:`repseg.speed.matrix`).
 3. ``profile``: ``torch.profiler`` tables of the models of every missed target.
-4. ``pytest-cuda``: ``pytest -m cuda``.
-5. ``toy-city`` ... ``export``: the toy city at 512x1024; training on one GPU through
+4. ``toy-city`` ... ``export``: the toy city at 512x1024; training on one GPU through
    ``tools/dist_train.sh CONFIG 1`` with SyncBN and ``--amp``; ``--resume``; test in fp32
    and ``--fp16``; fuse (``tools/deploy.py``); segment (``tools/infer.py``); ONNX export.
-6. ``compile`` (with ``--compile``): ``torch.compile`` of the fp16 label path.
+5. ``pytest-cuda``: ``pytest -m cuda`` (last: a budget cut loses the fewest results).
+6. ``compile`` (with ``--compile``): ``torch.compile`` of the fp16 predictor with every
+   speed option (:mod:`repseg.fast_inference`), B2 and R-101-D8.
 
 ``OUT_DIR`` gets four files, rewritten after every step (and every few seconds during
 the matrix), so a run stopped from outside still leaves a summary: ``summary.md`` (targets

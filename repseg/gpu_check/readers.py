@@ -67,18 +67,29 @@ def read_profile(check: GpuCheck, result: StepResult) -> None:
 
 
 def read_pytest(check: GpuCheck, result: StepResult) -> None:
+    """Counts and failed tests from pytest's XML report, else from its verbose log (a
+    killed run writes no report)."""
     report = check.logs / 'pytest_cuda.xml'
-    suites = ElementTree.parse(report).getroot()
-    suites = [suites] if suites.tag == 'testsuite' else list(suites)
-    counts = {key: sum(int(s.get(key, 0)) for s in suites)
-              for key in ('tests', 'failures', 'errors', 'skipped')}
+    if report.is_file():
+        suites = ElementTree.parse(report).getroot()
+        suites = [suites] if suites.tag == 'testsuite' else list(suites)
+        counts = {key: sum(int(s.get(key, 0)) for s in suites)
+                  for key in ('tests', 'failures', 'errors', 'skipped')}
+        failed = [case.get('name') for suite in suites for case in suite.iter('testcase')
+                  if case.find('failure') is not None or case.find('error') is not None]
+    else:
+        outcomes = re.findall(r'::(\S+) (PASSED|FAILED|SKIPPED|ERROR)',
+                              (check.logs / result.log).read_text(errors='replace'))
+        counts = dict(tests=len(outcomes), failures=sum(o == 'FAILED' for _, o in outcomes),
+                      errors=sum(o == 'ERROR' for _, o in outcomes),
+                      skipped=sum(o == 'SKIPPED' for _, o in outcomes))
+        failed = [name for name, o in outcomes if o in ('FAILED', 'ERROR')]
     counts['passed'] = counts['tests'] - counts['failures'] - counts['errors'] - counts['skipped']
-    failed = [f"{case.get('name')}" for suite in suites for case in suite.iter('testcase')
-              if case.find('failure') is not None or case.find('error') is not None]
-    result.details = dict(counts, failed=failed)
+    result.details = dict(counts, failed=failed, report=report.is_file())
     result.note = (f"{counts['passed']} passed, {counts['failures']} failed, "
                    f"{counts['errors']} errors, {counts['skipped']} skipped"
-                   + (f" ({', '.join(failed[:5])})" if failed else ''))
+                   + (f" ({', '.join(failed[:5])})" if failed else '')
+                   + ('' if report.is_file() else ' (read from the log: no XML report)'))
 
 
 def read_toy_city(check: GpuCheck, result: StepResult) -> None:

@@ -2,8 +2,8 @@
 
 * :mod:`.models`: segmentors built once per config with calibrated batch norms, copied
   per measured variant.
-* :mod:`.paths`: call paths besides mmseg's ``predict`` (the tensor-only label path,
-  the same captured in a CUDA graph, ``torch.compile``).
+* call paths besides mmseg's ``predict`` come from :mod:`repseg.fast_inference`
+  (``SegmentationPredictor`` and its speed options: CUDA graphs, cuDNN conv+ReLU, ...).
 * :mod:`.training`: one training iteration (mmengine's ``train_step``, AMP on CUDA).
 * :mod:`.matrix`: the plan (which model, which variant, which shape) and its run.
 * :mod:`.targets`: the speed targets of the issue, met or not, from a matrix result.

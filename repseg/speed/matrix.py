@@ -7,11 +7,11 @@ Groups (batch 1 at 1024x2048 unless said; one record each, see :class:`Key`):
 * ``fp16cl``: the same in float16 channels-last (matmul pyramid pooling).
 * ``paper``: the fused RepVGG models and the ResNets under the paper's protocol
   (Table 8: batch 16, 713x713, float32, TF32 off).
-* ``options``: fused B2 and R-101-D8 in fp16 channels-last through other call paths
-  (:mod:`.paths`): the tensor-only label path eagerly, the same replayed from a CUDA
-  graph, and mmseg's predict with ``cudnn.benchmark`` off (cuDNN's heuristic choice
-  instead of its timed one). ``torch.compile`` is :func:`run_compiled`, separate because
-  compiling takes minutes.
+* ``options``: fused B2 and R-101-D8 in fp16 channels-last through the call paths of
+  :mod:`repseg.fast_inference` (:data:`OPTION_VARIANTS`: the tensor-only predictor, each
+  speed option alone for B2, all of them), and B2 through mmseg's predict with
+  ``cudnn.benchmark`` off (cuDNN's heuristic algorithm choice instead of its timed one).
+  ``torch.compile`` is :func:`run_compiled`, separate because compiling takes minutes.
 * ``backbone``: the fused B2 backbone alone in fp16 channels-last, and a dense fp16
   matmul: achieved TFLOP/s against the peak of the same GPU in the same run.
 * ``training``: one training iteration (:mod:`.training`) of B2 and R-101-D8 at 713x713
@@ -40,21 +40,30 @@ from ..analysis import count_flops
 from ..benchmark import (BenchmarkSettings, Target, configure_backends, environment, measure,
                          segmentation_target, time_calls)
 from ..fileio import write_text_atomically
+from ..fast_inference.predictor import SegmentationPredictor
+from ..fast_inference.variants import COMPILE_VARIANTS, VARIANTS
 from .models import Variants, build_calibrated_segmentor, variant_copy
-from .paths import compiled_function, cuda_graph_call, label_function
 from .training import random_batch, training_step
 
 GROUPS = ('fp32', 'fp16cl', 'paper', 'options', 'backbone', 'training')
 
-# Variants (the call path of a record).
+# Variants (the call path of a record); the options group also uses the names of
+# repseg.fast_inference.variants (VARIANTS, COMPILE_VARIANTS), e.g. '+cuda_graph', 'all'.
 PREDICT = 'predict'
-LABELS = 'labels'
-LABELS_GRAPH = 'labels, CUDA graph'
 PREDICT_HEURISTIC = 'predict, cudnn.benchmark off'
-COMPILED = 'labels, torch.compile'
 BACKBONE = 'backbone'
 AMP = 'train step'
 AMP_CHANNELS_LAST = 'train step, channels-last'
+#: fast_inference call paths timed per role on a GPU: every option alone for B2, the
+#: predictor, CUDA graph and all options for R-101-D8 (the targets' "same tricks").
+OPTION_VARIANTS = {'b2': ('predictor', '+conv_relu', '+factored_psp', '+resize_argmax',
+                          '+cuda_graph', 'all'),
+                   'r101': ('predictor', '+cuda_graph', 'all')}
+#: The smoke's: no compiled resize (inductor's C++ build on a CPU takes minutes).
+SMOKE_OPTION_VARIANTS = {'b2': ('predictor', '+conv_relu', '+factored_psp', '+cuda_graph'),
+                         'r101': ('predictor',)}
+#: torch.compile variants (run_compiled).
+COMPILED_VARIANT = 'all + compile_model'
 
 
 @dataclass(frozen=True)
@@ -123,12 +132,12 @@ class MatrixPlan:
     train_shape: tuple = (713, 713)
     warmup: int = 3
     iters: int = 30
-    max_seconds: Optional[float] = 1.0
+    max_seconds: Optional[float] = 0.75
     paper_warmup: int = 2
     paper_iters: int = 10
-    paper_max_seconds: Optional[float] = 2.0
+    paper_max_seconds: Optional[float] = 1.5
     matmul_size: int = 8192
-    option_roles: tuple = ('b2', 'r101')
+    option_variants: dict = field(default_factory=lambda: dict(OPTION_VARIANTS))
     training_roles: tuple = ('b2', 'r101')
     backbone_role: str = 'b2'
     count_model_flops: bool = True  # GFLOPs of every fused/ResNet model at `shape`
@@ -182,7 +191,7 @@ def smoke_plan(device: str = 'cpu') -> MatrixPlan:
         shape=(32, 64), paper_batch=2, paper_shape=(24, 24), train_batch=2,
         train_shape=train_shape, warmup=1, iters=1, max_seconds=None, paper_warmup=1,
         paper_iters=1, paper_max_seconds=None, matmul_size=256, count_model_flops=False,
-        threads=1, calibration_shape=(32, 64))
+        threads=1, calibration_shape=(32, 64), option_variants=dict(SMOKE_OPTION_VARIANTS))
 
 
 def plan_keys(spec: ModelSpec, plan: MatrixPlan) -> Iterator[Key]:
@@ -194,11 +203,10 @@ def plan_keys(spec: ModelSpec, plan: MatrixPlan) -> Iterator[Key]:
     yield Key('paper', spec.role, PREDICT, inference_fused)
     for fused in reversed(fused_states):
         yield Key('fp16cl', spec.role, PREDICT, fused)
-    if spec.role in plan.option_roles:
-        yield Key('options', spec.role, LABELS, inference_fused)
-        if plan.cuda:
-            yield Key('options', spec.role, LABELS_GRAPH, inference_fused)
-            yield Key('options', spec.role, PREDICT_HEURISTIC, inference_fused)
+    for variant in plan.option_variants.get(spec.role, ()):
+        yield Key('options', spec.role, variant, inference_fused)
+    if spec.role == plan.backbone_role and plan.cuda:
+        yield Key('options', spec.role, PREDICT_HEURISTIC, inference_fused)
     if spec.role == plan.backbone_role:
         yield Key('backbone', spec.role, BACKBONE, inference_fused)
     if spec.role in plan.training_roles:
@@ -212,7 +220,7 @@ def plan_keys(spec: ModelSpec, plan: MatrixPlan) -> Iterator[Key]:
 # ------------------------------------------------------------------------------- targets
 
 def _image(settings: BenchmarkSettings) -> torch.Tensor:
-    """A random normalized float32 batch on the device (what predict and the label path
+    """A random normalized float32 batch on the device (what predict and the predictor
     take)."""
     generator = torch.Generator().manual_seed(0)
     return torch.randn(settings.batch, 3, *settings.shape, generator=generator).to(
@@ -232,17 +240,14 @@ def build_target(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
         target = segmentation_target(spec.config, settings, fuse=bool(key.fused), model=model)
         target.name = _name(spec, key)
         return target
-    if key.variant in (LABELS, LABELS_GRAPH, COMPILED):
-        labels, image = label_function(model), _image(settings)
-        if key.variant == LABELS_GRAPH:
-            run = cuda_graph_call(labels, image)
-        elif key.variant == COMPILED:
-            compiled = compiled_function(labels)
-            run = lambda: compiled(image)  # noqa: E731
-        else:
-            run = lambda: labels(image)  # noqa: E731
-        return Target(_name(spec, key), model, run, None, 'segmentation', spec.config,
-                      spec.label, key.fused)
+    if key.variant in VARIANTS or key.variant in COMPILE_VARIANTS:
+        options = {**VARIANTS, **COMPILE_VARIANTS}[key.variant]
+        inputs = _image(settings)
+        # options change the model in place: a copy of the prepared variant each
+        predictor = SegmentationPredictor(variant_copy(model), inputs, options)
+        return Target(_name(spec, key), predictor.model, lambda: predictor(inputs), None,
+                      'segmentation', spec.config, spec.label, key.fused,
+                      outcomes=predictor.report.to_dict())
     if key.variant == BACKBONE:
         dtype = torch.float16 if settings.fp16 else torch.float32
         x = torch.randn(settings.batch, 3, *settings.shape, device=settings.device, dtype=dtype)
@@ -282,6 +287,7 @@ def _measure_key(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
                **record.to_dict())
     row['fused'] = key.fused
     row['amp'] = key.group == 'training' and plan.cuda
+    row['outcomes'] = target.outcomes  # of the fast_inference options, if any
     if key.variant == BACKBONE:
         row['gflops'] = count_flops(target.flops_model, settings.shape)
         row['tflops'] = 2 * row['gflops'] * row['fps'] / 1e3
@@ -403,16 +409,17 @@ def _add_flops(result: MatrixResult, variants: Variants, spec: ModelSpec, plan: 
 
 def run_compiled(plan: MatrixPlan, out: Optional[Path] = None,
                  log: Callable[[str], None] = print) -> MatrixResult:
-    """``torch.compile`` of the label path for the option models (fp16 channels-last).
+    """``torch.compile`` of the predictor with every speed option (fp16 channels-last) for
+    the option models.
 
     Kept apart from :func:`run_matrix`: compiling takes minutes. The first (compiling)
     call is a warm-up call and is not timed.
     """
     start = time.perf_counter()
     result = MatrixResult(plan=asdict(plan), environment=environment(plan.device))
-    for role in plan.option_roles:
+    for role in plan.option_variants:
         spec = plan.spec(role)
-        key = Key('options', role, COMPILED, True if spec.repvgg else None)
+        key = Key('options', role, COMPILED_VARIANT, True if spec.repvgg else None)
         try:
             variants = Variants(build_calibrated_segmentor(
                 spec.config, plan.device, dict(spec.cfg_options), plan.calibration_shape))

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Sequence
 
-from .matrix import BACKBONE, PREDICT, Key
+from ..fast_inference.variants import COMPILE_VARIANTS, VARIANTS
+from .matrix import BACKBONE, PREDICT, PREDICT_HEURISTIC, Key
 
 #: Call paths that count as speed options for the fp16 targets (besides PREDICT).
-OPTION_VARIANTS = ('labels', 'labels, CUDA graph', 'predict, cudnn.benchmark off',
-                   'labels, torch.compile')
+OPTION_VARIANTS = (*(name for name, options in {**VARIANTS, **COMPILE_VARIANTS}.items()
+                     if options is not None), PREDICT_HEURISTIC)
 
 
 @dataclass(frozen=True)
