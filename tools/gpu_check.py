@@ -41,13 +41,13 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args) -> int:
     if args.probe_environment:  # the 'environment' step
         from repseg.gpu_check.environment import probe_environment
 
         print(json.dumps(probe_environment()))
-        return
+        return 0
+    from repseg.errors import InvalidArgumentError
     from repseg.gpu_check import GpuCheck
 
     budget = args.budget or (600 if args.smoke else 540)
@@ -58,13 +58,21 @@ def main(argv=None):
         unknown = set(only) - {step.name for step in GpuCheck(
             args.out_dir, args.work_dir, smoke=args.smoke, compile_step=True).steps()}
         if unknown:
-            print(f"error: unknown step(s) {', '.join(sorted(unknown))}; see --dry-run",
-                  file=sys.stderr)
-            sys.exit(2)
+            raise InvalidArgumentError(f"--steps: unknown step(s) {', '.join(sorted(unknown))}; "
+                                       'the steps are listed by --dry-run')
     if args.dry_run:
         print(check.describe_plan())
-        return
-    sys.exit(check.run(args.install_log))
+        return 0
+    return check.run(args.install_log)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from repseg.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        status = run(args)
+    sys.exit(status)
 
 
 if __name__ == '__main__':
