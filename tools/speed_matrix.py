@@ -18,25 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
-import torch  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-
-from repseg.fileio import write_text_atomically  # noqa: E402
-from repseg.speed.matrix import (full_plan, load_matrix, run_compiled, run_matrix,  # noqa: E402
-                                 smoke_plan)
-from repseg.speed.profiling import profile_keys  # noqa: E402
-from repseg.speed.report import matrix_markdown, targets_table  # noqa: E402
-from repseg.speed.targets import evaluate, keys_to_profile  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--smoke', action='store_true', help='tiny models (CPU check)')
     parser.add_argument('--device', choices=('cuda', 'cpu'),
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
+                        help='default: cuda when available, else cpu')
     parser.add_argument('--json', metavar='OUT', help='write the result here (after each record)')
+    parser.add_argument('--force', action='store_true',
+                        help='replace the --json / --profile-out files of an earlier run')
     parser.add_argument('--compile', action='store_true',
                         help='time torch.compile of the fp16 label path instead')
     parser.add_argument('--profile', metavar='MATRIX_JSON',
@@ -49,12 +40,16 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.profile and not args.profile_out:
         parser.error('--profile needs --profile-out FILE')
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: CUDA is not available on this machine')
     return args
 
 
 def profile(args, plan, log):
+    from repseg.fileio import write_text_atomically
+    from repseg.speed.matrix import load_matrix
+    from repseg.speed.profiling import profile_keys
+    from repseg.speed.report import targets_table
+    from repseg.speed.targets import evaluate, keys_to_profile
+
     matrix = load_matrix(args.profile)
     verdicts = evaluate(matrix)
     keys = keys_to_profile(verdicts, every_target=args.profile_all)[:args.profile_limit]
@@ -67,8 +62,22 @@ def profile(args, plan, log):
     print(targets_table(verdicts))
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args) -> int:
+    import torch
+    from mmengine.logging import MMLogger
+
+    from repseg.fileio import check_output_location, claim_outputs
+    from repseg.inference import check_device
+    from repseg.speed.matrix import full_plan, run_compiled, run_matrix, smoke_plan
+    from repseg.speed.report import matrix_markdown
+    from repseg.speed.targets import evaluate
+
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    check_device(args.device)
+    for option, path in (('--json', args.json), ('--profile-out', args.profile_out)):
+        if path:
+            check_output_location(path, is_folder=False, what=option)
+            claim_outputs([path], args.force, f'another {option} file')
     plan = smoke_plan(args.device) if args.smoke else full_plan(args.device)
     # mmengine's current logger from here on: repseg.benchmark's per-call INFO lines stay
     # quiet, the matrix prints one line per record itself.
@@ -77,15 +86,23 @@ def main(argv=None):
     json_out = Path(args.json) if args.json else None
     if args.profile:
         profile(args, plan, log)
-        return
+        return 0
     if args.compile:
         result = run_compiled(plan, json_out, log)
     else:
         result = run_matrix(plan, json_out, log)
     matrix = result.to_dict()
     print(matrix_markdown(matrix, [] if args.compile else evaluate(matrix)))
-    if result.errors:
-        sys.exit(1)
+    return 1 if result.errors else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from repseg.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        status = run(args)
+    sys.exit(status)
 
 
 if __name__ == '__main__':

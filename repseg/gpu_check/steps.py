@@ -152,10 +152,10 @@ class GpuCheck:
             Step('environment', 'versions, GPU, packages', self.tool(
                 'gpu_check.py', '--probe-environment'), 90, 10, readers.read_environment),
             Step('matrix', 'benchmark matrix', self.tool(
-                'speed_matrix.py', *smoke_flag, '--device', self.device, '--json',
+                'speed_matrix.py', '--force', *smoke_flag, '--device', self.device, '--json',
                 self.logs / 'matrix.json'), 330, 200, readers.read_matrix),
             Step('profile', 'profiles of missed targets', self.tool(
-                'speed_matrix.py', *smoke_flag, '--device', self.device, '--profile',
+                'speed_matrix.py', '--force', *smoke_flag, '--device', self.device, '--profile',
                 self.logs / 'matrix.json', '--profile-out', self.out_dir / PROFILE,
                 *(['--profile-all', '--profile-limit', 1] if smoke else [])), 150, 40,
                 readers.read_profile),
@@ -198,7 +198,7 @@ class GpuCheck:
         ]
         if self.compile_step and not smoke:
             steps.append(Step('compile', 'torch.compile, all speed options, fp16', self.tool(
-                'speed_matrix.py', '--device', self.device, '--compile', '--json',
+                'speed_matrix.py', '--force', '--device', self.device, '--compile', '--json',
                 self.logs / 'compile.json'), 240, 150, readers.read_compile))
         if self.only:
             steps = [step for step in steps if step.name in self.only]
@@ -232,6 +232,7 @@ class GpuCheck:
     def prepare(self, install_log: Optional[str] = None) -> None:
         for folder in ('train', 'test', 'test_fp16', 'deploy', 'infer', 'toy_city', 'logs'):
             shutil.rmtree(self.path(folder), ignore_errors=True)
+        Path(self.path('model.onnx')).unlink(missing_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name in (SUMMARY, RESULTS, PROFILE, LOGS_ARCHIVE):
