@@ -103,8 +103,9 @@ class BenchmarkRecord:
     ``tf32`` (None off CUDA), ``fast_pooling`` (PSP pyramid pooling in the matmul form of
     :mod:`repseg.mmseg.fast_psp`; None for models without a PSP head), ``warmup``,
     ``iters``, ``fps_ratio`` (fps over the first record's), ``speedup_vs_train_time``
-    (fused fps over its train-time twin's, when both were measured), and the
-    environment: ``torch_version``, ``device_name``, ``cpu_threads``, ``cuda_version``,
+    (fused fps over its train-time twin's, when both were measured), ``label_agreement``
+    (fraction of pixels labelled as by the first record's model, backend comparisons
+    only), and the environment: ``torch_version``, ``device_name``, ``cpu_threads``, ``cuda_version``,
     ``cudnn_version``.
     """
 
@@ -133,6 +134,7 @@ class BenchmarkRecord:
     iters: int
     fps_ratio: Optional[float] = None
     speedup_vs_train_time: Optional[float] = None
+    label_agreement: Optional[float] = None
     environment: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -294,6 +296,7 @@ class Target:
     flops_shape: Optional[tuple[int, int]] = None
     fast_pooling: Optional[bool] = None  # for pooling targets; models are inspected
     outcomes: Optional[dict] = None  # repseg.fast_inference speed options: what took effect
+    dtype: Optional[str] = None  # what runs, when not the settings' (bfloat16, int8)
 
 
 def _uses_fast_pooling(model: nn.Module) -> Optional[bool]:
@@ -366,7 +369,7 @@ def _onnx_segmentation_target(config, model: nn.Module, settings: BenchmarkSetti
     path = Path(tmp) / 'model.onnx'
     wrapper = export_onnx(model, path, shape=settings.shape, labels=True,
                           batch=settings.batch)
-    session = onnx_session(path)
+    session = onnx_session(path, settings.threads)
     image = np.random.default_rng(0).uniform(
         0, 255, (settings.batch, 3, *settings.shape)).astype(np.float32)
     stem = Path(str(config)).stem if config is not None else _arch_of(model)
@@ -451,16 +454,24 @@ def measure(target: Target, settings: BenchmarkSettings) -> BenchmarkRecord:
     """Time one target and count its FLOPs."""
     times, peak = time_calls(target.run, settings.warmup, settings.iters, settings.device,
                              target.name, settings.max_seconds)
-    fps = settings.batch * len(times) / sum(times)
     gflops = None
     if settings.count_flops and target.flops_model is not None:
         gflops = count_flops(target.flops_model, target.flops_shape)
+    return make_record(target, settings, times, peak, gflops)
+
+
+def make_record(target: Target, settings: BenchmarkSettings, times: Sequence[float],
+                peak: Optional[float], gflops: Optional[float]) -> BenchmarkRecord:
+    """The record of ``target`` from its per-call ``times`` (seconds), peak memory (MB)
+    and GFLOPs per image."""
+    fps = settings.batch * len(times) / sum(times)
     params = sum(p.numel() for name, p in target.model.named_parameters()
                  if 'auxiliary_head' not in name)
     on_cuda = torch.device(settings.device).type == 'cuda'
     record = BenchmarkRecord(
         name=target.name, config=target.config, arch=target.arch, task=target.task,
-        fused=target.fused, dtype=settings.dtype_name, channels_last=settings.channels_last,
+        fused=target.fused, dtype=target.dtype or settings.dtype_name,
+        channels_last=settings.channels_last,
         batch=settings.batch, shape=list(settings.shape), device=settings.device,
         backend=target.backend, fps=fps,
         latency_ms_median=1e3 * statistics.median(times),

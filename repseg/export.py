@@ -175,13 +175,18 @@ def export_verified(model: nn.Module, out: PathLike, images: Sequence[np.ndarray
     return checks
 
 
-def onnx_session(path: PathLike):
-    """An onnxruntime CPU inference session for ``path``."""
+def onnx_session(model: Union[PathLike, bytes], threads: Optional[int] = None):
+    """An onnxruntime CPU inference session for a model file (or its serialized bytes),
+    on ``threads`` intra-op threads (None: onnxruntime's default, one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=['CPUExecutionProvider'])
 
 
 def run_onnx(session, image: np.ndarray) -> np.ndarray:

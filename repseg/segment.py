@@ -155,14 +155,8 @@ class Segmenter:
     """
 
     def __init__(self, model: nn.Module):
-        from mmengine.dataset import Compose
-
         self.model = model
-        steps = copy.deepcopy(_test_pipeline(model.cfg))
-        steps = [s for s in steps if s.get('type') != 'LoadAnnotations']
-        if steps and steps[0].get('type') == 'LoadImageFromFile':
-            steps[0] = dict(type='LoadImageFromNDArray')
-        self.pipeline = Compose(steps)
+        self.pipeline = image_pipeline(model.cfg)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -182,23 +176,46 @@ def _test_pipeline(cfg) -> list:
     return cfg.test_dataloader.dataset.pipeline
 
 
+def image_pipeline(cfg):
+    """The config's test pipeline for BGR ``uint8`` arrays (``dict(img=array)``): the
+    image is not loaded from a file and no label is read; resizing and packing stay."""
+    from mmengine.dataset import Compose
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    steps = copy.deepcopy(_test_pipeline(cfg))
+    steps = [s for s in steps if s.get('type') != 'LoadAnnotations']
+    if steps and steps[0].get('type') == 'LoadImageFromFile':
+        steps[0] = dict(type='LoadImageFromNDArray')
+    return Compose(steps)
+
+
 def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
-                   fuse: bool = True) -> nn.Module:
+                   fuse: bool = True, bf16: bool = False) -> nn.Module:
     """Build the segmentor of ``config``, load ``checkpoint``, prepare it for inference.
 
     Train-time and fused (``tools/deploy.py``) checkpoints both load: with their training
     config, with a ``*_deploy.py`` config (train-time weights fuse on load). With ``fuse``
-    RepVGG blocks are fused (the same predictions, faster); with ``fp16`` the model is
-    cast to float16. Returns the model in eval mode.
+    RepVGG blocks are fused (the same predictions, faster); with ``fp16`` (``bf16``) the
+    model is cast to float16 (bfloat16). An ``.onnx`` checkpoint (fp32 or INT8) runs in
+    ONNX Runtime on the CPU (:mod:`repseg.onnx_backend`). Returns the model in eval mode.
     """
     from .inference import prepare_for_inference
     from .mmseg.builder import build_segmentor, load_config
+    from .onnx_backend import is_onnx_file, load_onnx_segmentor, refuse_precision_flags
 
     if not Path(config).is_file():
         raise InputError(f'config file not found: {config}')
+    if fp16 and bf16:
+        raise InputError('--fp16 and --bf16 exclude each other; choose one')
     cfg = load_config(config)
+    if is_onnx_file(checkpoint):
+        refuse_precision_flags(checkpoint, [flag for flag, on in (('--fp16', fp16),
+                                                                  ('--bf16', bf16)) if on])
+        return load_onnx_segmentor(cfg, checkpoint)
     model = build_segmentor(cfg, checkpoint, 'cpu')
-    prepare_for_inference(model, fuse=fuse, fp16=fp16)
+    prepare_for_inference(model, fuse=fuse, fp16=fp16 or bf16,
+                          half_dtype=torch.bfloat16 if bf16 else torch.float16)
     return model.to(device)
 
 
@@ -306,7 +323,7 @@ def segment_sources(segmenter: Segmenter, sources: Sequence[Source], batch_size:
 
 def segment(config, checkpoint, inputs: Sequence, out_dir, device: Optional[str] = None,
             batch_size: int = 1, opacity: float = 0.5, fp16: bool = False,
-            progress: bool = True, force: bool = False) -> Summary:
+            progress: bool = True, force: bool = False, bf16: bool = False) -> Summary:
     """``tools/infer.py``: load the model, segment ``inputs``, write to ``out_dir``.
 
     Existing outputs are replaced only with ``force`` (:func:`claim_segment_outputs`);
@@ -320,7 +337,7 @@ def segment(config, checkpoint, inputs: Sequence, out_dir, device: Optional[str]
     check_device(device)
     sources = collect_sources(inputs, out_dir)
     claim_segment_outputs(sources, force)
-    model = load_segmentor(config, checkpoint, device, fp16)
+    model = load_segmentor(config, checkpoint, device, fp16, bf16=bf16)
     summary = segment_sources(Segmenter(model), sources, batch_size, opacity, progress)
     if not summary.images + summary.frames:
         raise InputError(f'none of the {len(sources)} inputs could be decoded (each is '

@@ -83,3 +83,54 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'pspnet_repvgg_a0_toycity.py'
+
+
+def toy_options(data_root) -> dict:
+    """``--cfg-options`` turning the demo config into the tiny test model (the heads of
+    ``TINY_CONFIG``) on the toy city at ``data_root``, with loaders in the main process."""
+    options = {'model.decode_head.channels': 32, 'model.auxiliary_head.channels': 16,
+               'model.backbone.dilation': None}
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options[f'{loader}.dataset.data_root'] = str(data_root)
+        options[f'{loader}.num_workers'] = 0
+        options[f'{loader}.persistent_workers'] = False
+    return options
+
+
+def briefly_trained_segmentor(data_root, iters: int = 12, batch: int = 2,
+                              seed: int = 0) -> nn.Module:
+    """The tiny demo segmentor trained for ``iters`` SGD steps on whole toy-city frames.
+
+    A few steps are enough for what quantization tests need and random weights lack:
+    BN statistics of real activations and confident, spatially coherent predictions
+    (a random network's arg-max is a near-tie almost everywhere).
+    """
+    from mmengine.dataset import pseudo_collate
+    from mmseg.registry import DATASETS
+
+    from repseg.mmseg.builder import load_config
+
+    cfg = load_config(DEMO_CONFIG, toy_options(data_root))
+    dataset_cfg = cfg.train_dataloader.dataset.copy()
+    dataset_cfg.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                            dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_segmentor(cfg)
+        dataset = DATASETS.build(dataset_cfg)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        generator = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(iters):
+            indices = torch.randint(len(dataset), (batch,), generator=generator).tolist()
+            data = model.data_preprocessor(pseudo_collate([dataset[i] for i in indices]), True)
+            losses = model.loss(data['inputs'], data['data_samples'])
+            loss = sum(v for k, v in losses.items() if 'loss' in k)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.test_cfg = ConfigDict(mode='whole')
+    return model.eval()

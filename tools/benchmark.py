@@ -8,6 +8,8 @@ Examples:
   tools/benchmark.py --cls B1g2 B2            # + torchvision resnet50/101/152
   tools/benchmark.py configs/pspnet_repvgg_b1g2.py --shape 64 128 --iters 3 --device cpu
   tools/benchmark.py --pooling 2560 --fp16 --channels-last   # PSP pooling op alone
+  tools/benchmark.py configs/pspnet_repvgg_b1g2_fast.py --shape 512 1024 --device cpu \
+      --threads 1 --int8 --bf16   # PyTorch fp32/bf16, ONNX Runtime fp32/INT8, interleaved
 
 Random weights unless CHECKPOINT is given (it applies to CONFIG, not to --compare
 configs); SyncBN is built as BN. Timing covers forward, resize of the logits to the input
@@ -67,6 +69,12 @@ def parse_args(argv=None):
                              'adaptive_avg_pool2d vs the matmul form (B2: 2560)')
     parser.add_argument('--no-flops', action='store_true',
                         help='skip FLOP counting (slow for big inputs on CPU)')
+    parser.add_argument('--int8', nargs='*', metavar='MODEL.onnx',
+                        help='CPU backend comparison: PyTorch fp32, ONNX Runtime fp32 and '
+                             'INT8 (these files from tools/quantize.py, or the export '
+                             'quantized on generated images), interleaved in one run')
+    parser.add_argument('--bf16', action='store_true',
+                        help='CPU backend comparison: add PyTorch bfloat16')
     parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
                         help='config overrides, e.g. model.backbone.arch=A0')
     return parser.parse_args(argv)
@@ -134,6 +142,8 @@ def run(args):
         return benchmark_classifiers(names, settings)
     if not args.config:
         raise InvalidArgumentError('give a CONFIG (or --cls ARCH ...)')
+    if args.int8 is not None or args.bf16:
+        return _compare_backends(args, settings)
     for config in [args.config, *args.compare]:
         if not Path(config).is_file():
             raise FileNotFoundError(f'config file not found: {config}')
@@ -142,11 +152,33 @@ def run(args):
                                 cfg_options=parse_cfg_options(args.cfg_options))
 
 
+def _compare_backends(args, settings):
+    from repseg.backend_speed import compare_backends
+    from repseg.cli import parse_cfg_options
+    from repseg.errors import InvalidArgumentError
+
+    if args.compare or args.no_fuse or args.with_train_time or args.backend != 'pytorch':
+        raise InvalidArgumentError('--int8/--bf16 compare backends for one fused CONFIG: drop '
+                                   '--compare, --no-fuse, --with-train-time and --backend')
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f'config file not found: {args.config}')
+    return compare_backends(args.config, settings, args.checkpoint, args.int8 or (),
+                            quantize=args.int8 is not None, bf16=args.bf16,
+                            cfg_options=parse_cfg_options(args.cfg_options))
+
+
 def report(args, records):
+    from repseg.backend_speed import int8_speedups
     from repseg.benchmark import describe_environment, format_table, records_to_json
 
     print(describe_environment(records))
     print(format_table(records))
+    for record in records:
+        if record.label_agreement is not None and record is not records[0]:
+            print(f'{record.name}: {100 * record.label_agreement:.2f}% of pixels labelled as '
+                  f'by {records[0].name}')
+    for name, ratio in int8_speedups(records):
+        print(f'{name}: {ratio:.2f}x the speed of ONNX Runtime fp32')
     if args.json:
         records_to_json(records, args.json)
         print(f'records written to {args.json}')

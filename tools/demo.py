@@ -7,11 +7,14 @@
 4. fuse it (structural re-parameterization, tools/deploy.py)
 5. test the fused model: the same mIoU
 6. time train-time vs fused inference; agreement of float16 / bfloat16 predictions
-7. write overlays of the val images to work_dirs/demo/overlays
+7. quantize the fused model to INT8 (ONNX Runtime, accuracy gate), test it, and time
+   PyTorch fp32, ONNX Runtime fp32 and INT8 on one CPU thread
+8. write overlays of the val images to work_dirs/demo/overlays
 
-Every step is the command a user would type (deploy and infer with --force, so that the
-demo runs again over its own outputs). The demo fails loudly (exit status 1) if the
-model does not beat the baseline by a wide margin or fusion changes the mIoU.
+Every step is the command a user would type (deploy, quantize, benchmark and infer with
+--force, so that the demo runs again over its own outputs). The demo fails loudly (exit
+status 1) if the model does not beat the baseline by a wide margin, fusion changes the
+mIoU, or the INT8 model loses more than 1 mIoU point (tools/quantize.py's gate).
 """
 import argparse
 import copy
@@ -35,6 +38,9 @@ MIN_MARGIN = 20.0
 MAX_FUSION_CHANGE = 0.1
 TIMED_IMAGES = 20
 AGREEMENT_IMAGES = 8
+#: INT8 step: calibration images (the first val frames) and timed rounds per backend.
+INT8_CALIBRATION_IMAGES = 16
+INT8_TIMED_ROUNDS = 10
 
 
 class DemoFailure(RuntimeError):
@@ -116,6 +122,25 @@ def speed_and_precision(train_cfg, train_ckpt, fused_cfg, fused_ckpt, val_dir: P
     return results
 
 
+def int8_step(fused_cfg: Path, fused_ckpt: Path, fp32_miou: float) -> dict:
+    """Quantize, test and time the fused model; returns the numbers for the summary."""
+    folder = WORK_DIR / 'int8'
+    model = folder / 'demo_int8.onnx'
+    run('tools/quantize.py', str(fused_cfg), str(fused_ckpt), str(model), '--calib', 'val',
+        '--num-calib', str(INT8_CALIBRATION_IMAGES), '--force', '--no-progress')
+    report = json.loads((ROOT / folder / 'demo_int8.json').read_text())
+    int8_miou = test_miou(fused_cfg, model, folder / 'test')
+    speed = folder / 'speed.json'
+    run('tools/benchmark.py', str(fused_cfg), str(fused_ckpt), '--shape', '128', '256',
+        '--device', 'cpu', '--threads', '1', '--int8', str(model), '--warmup', '2',
+        '--iters', str(INT8_TIMED_ROUNDS), '--no-flops', '--json', str(speed), '--force')
+    fps = {(r['backend'], r['dtype']): r['fps'] for r in json.loads((ROOT / speed).read_text())}
+    return dict(fp32_miou=fp32_miou, int8_miou=int8_miou,
+                agreement=report['final']['agreement'], kept=report['kept_float'],
+                vs_ort=fps[('onnxruntime', 'int8')] / fps[('onnxruntime', 'float32')],
+                vs_torch=fps[('onnxruntime', 'int8')] / fps[('pytorch', 'float32')])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,7 +150,7 @@ def main(argv=None):
 
     silence_known_warnings()
     start = time.perf_counter()
-    total = 7
+    total = 8
     try:
         announce(1, total, f'draw the toy city: {NUM_TRAIN} train / {NUM_VAL} val frames '
                            f'in {DATA_ROOT}')
@@ -174,7 +199,15 @@ def main(argv=None):
               f"{100 * stats['fp16_agreement']:.2f}%, bfloat16 vs float32 "
               f"{100 * stats['bf16_agreement']:.2f}%", flush=True)
 
-        announce(7, total, f'overlays of the val frames in {WORK_DIR / "overlays"}')
+        announce(7, total, 'INT8 (ONNX Runtime, CPU): quantize the fused model, test it, time it')
+        int8 = int8_step(fused_cfg, fused_ckpt, fused_miou)
+        kept = f" ({len(int8['kept'])} layers kept in float)" if int8['kept'] else ''
+        print(f"\nmIoU fp32 {int8['fp32_miou']:.2f}, INT8 {int8['int8_miou']:.2f}{kept}; "
+              f"INT8 predicts {int8['agreement']:.2f}% of the val pixels as fp32 (ONNX "
+              f"Runtime); CPU speed on one thread: INT8 {int8['vs_ort']:.2f}x ONNX Runtime "
+              f"fp32, {int8['vs_torch']:.2f}x PyTorch fp32", flush=True)
+
+        announce(8, total, f'overlays of the val frames in {WORK_DIR / "overlays"}')
         run('tools/infer.py', str(fused_cfg), str(fused_ckpt),
             str(DATA_ROOT / 'leftImg8bit' / 'val'), '--out-dir', str(WORK_DIR / 'overlays'),
             '--batch-size', '4', '--no-progress', '--force')
@@ -184,8 +217,9 @@ def main(argv=None):
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     print(f'\ndemo done in {int(minutes)} min {seconds:.0f} s (training '
           f'{train_seconds:.0f} s): mIoU {miou:.2f} (baseline {baseline:.2f}), fused '
-          f'{fused_miou:.2f}; fused inference {stats["train_ms"] / stats["fused_ms"]:.2f}x '
-          f'faster; outputs in {WORK_DIR}/', flush=True)
+          f'{fused_miou:.2f}, INT8 {int8["int8_miou"]:.2f}; fused inference '
+          f'{stats["train_ms"] / stats["fused_ms"]:.2f}x faster, INT8 {int8["vs_ort"]:.2f}x '
+          f'ONNX Runtime fp32; outputs in {WORK_DIR}/', flush=True)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,9 @@ train-time branches). Prints the per-class IoU / Acc table and mIoU, mAcc, aAcc,
 writes them to <work_dir>/metrics.json. --out DIR writes Cityscapes *_labelIds.png
 predictions and prints the cityscapesscripts command that evaluates them (a DIR holding
 predictions of an earlier run is refused without --force). The checkpoint must fit the config (fused checkpoints of
-tools/deploy.py go with their *_deploy.py config); a misfit exits with status 2.
+tools/deploy.py go with their *_deploy.py config); a misfit exits with status 2. An .onnx
+file in place of the checkpoint (tools/export_onnx.py, tools/quantize.py) is tested with
+ONNX Runtime on the CPU, through the same pipeline, test mode and metric.
 """
 import argparse
 import sys
@@ -19,12 +21,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an .onnx model')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics.json')
     parser.add_argument('--out', help='write Cityscapes *_labelIds.png predictions here')
     parser.add_argument('--show-dir', help='save images drawn with predictions here')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
     parser.add_argument('--fp16', action='store_true', help='run in float16')
+    parser.add_argument('--bf16', action='store_true',
+                        help='run in bfloat16 (fast on CPUs with AMX or AVX512-BF16)')
     parser.add_argument('--no-fuse', dest='fuse', action='store_false',
                         help='test the train-time branches (default: fuse every RepVGG '
                              'block first: same labels, faster)')
@@ -60,7 +64,7 @@ def run(args):
                        show_dir=args.show_dir, tta=args.tta, fp16=args.fp16,
                        cfg_options=parse_cfg_options(args.cfg_options),
                        launcher=args.launcher, skip_data_check=args.skip_data_check,
-                       fuse=args.fuse)
+                       fuse=args.fuse, bf16=args.bf16)
     if 'mIoU' in metrics and get_rank() == 0:
         print('mIoU {mIoU:.2f}  mAcc {mAcc:.2f}  aAcc {aAcc:.2f}'.format(**metrics))
 

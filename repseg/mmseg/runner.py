@@ -204,30 +204,46 @@ def configure_test(cfg: Config, out: Optional[str] = None, show_dir: Optional[st
     cfg.load_from = None  # loaded by checked_weights, strictly
 
 
-def _prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool) -> None:
-    """Fuse the RepVGG blocks unless ``fuse`` is False (same labels, faster); float16 if
-    asked (:func:`repseg.inference.prepare_for_inference`)."""
+def _prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool,
+                      bf16: bool = False) -> None:
+    """Fuse the RepVGG blocks unless ``fuse`` is False (same labels, faster); float16 or
+    bfloat16 if asked (:func:`repseg.inference.prepare_for_inference`)."""
     from ..inference import prepare_for_inference
     from ..models.block import RepVGGBlock
 
-    prepare_for_inference(segmentor, fuse=fuse, fp16=fp16)
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    prepare_for_inference(segmentor, fuse=fuse, fp16=fp16 or bf16, half_dtype=dtype)
     if any(isinstance(module, RepVGGBlock) for module in segmentor.modules()):
         model = ('fused model (--no-fuse: train-time branches)' if fuse
                  else 'train-time branches (--no-fuse)')
-        print_log(f"testing the {model} in {'float16' if fp16 else 'float32'}",
-                  logger='current')
+        precision = 'bfloat16' if bf16 else 'float16' if fp16 else 'float32'
+        print_log(f"testing the {model} in {precision}", logger='current')
+
+
+def _use_onnx_model(cfg: Config, onnx_file, launcher: str, fp16: bool, bf16: bool) -> None:
+    """Test an ``.onnx`` file: ONNX Runtime in one process, as it was exported."""
+    from ..onnx_backend import refuse_precision_flags, use_onnx_model
+
+    if launcher != 'none':
+        raise PreflightError(f'{onnx_file}: an ONNX model is tested in one process on the '
+                             'CPU; drop --launcher (tools/dist_test.sh)')
+    refuse_precision_flags(onnx_file, [flag for flag, on in (('--fp16', fp16),
+                                                             ('--bf16', bf16)) if on])
+    use_onnx_model(cfg, onnx_file)
 
 
 def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[str] = None,
              show_dir: Optional[str] = None, tta: bool = False, fp16: bool = False,
              cfg_options: Optional[Mapping] = None, launcher: str = 'none',
-             skip_data_check: bool = False, fuse: bool = True) -> dict:
+             skip_data_check: bool = False, fuse: bool = True, bf16: bool = False) -> dict:
     """``tools/test.py``: prepare, check, load the checkpoint strictly, evaluate.
 
     Logs mmseg's per-class table (IoU, Acc) and writes ``<work_dir>/metrics.json``
     (summary, per-class values, config and checkpoint) on rank 0.
 
     Args:
+        checkpoint: a segmentor checkpoint, or an ``.onnx`` file (fp32 or INT8), run by
+            ONNX Runtime on the CPU (:mod:`repseg.onnx_backend`).
         out: also write Cityscapes ``*_labelIds.png`` predictions to this folder.
         show_dir: save drawn predictions there (mmseg's visualization hook).
         tta: multi-scale + flip test-time augmentation (the config's ``tta_pipeline``).
@@ -235,23 +251,34 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         skip_data_check: do not decode every test frame first.
         fuse: fuse every RepVGG block into one 3x3 conv before testing (same labels,
             faster); False tests the train-time branches.
+        bf16: the same as ``fp16`` in bfloat16 (fast on CPUs with AMX or AVX512-BF16).
 
     Returns:
         ``{'mIoU': ..., 'mAcc': ..., 'aAcc': ..., 'per_class': {...}}`` (percent).
     """
+    from ..onnx_backend import is_onnx_file
+
+    if fp16 and bf16:
+        raise PreflightError('--fp16 and --bf16 exclude each other; choose one')
+    onnx = is_onnx_file(checkpoint)
     cfg = prepare_config(config, cfg_options, work_dir, launcher)
     if skip_data_check:
         cfg.skip_data_check = True
-    loaded = read_segmentor_checkpoint(checkpoint)
+    if onnx:
+        _use_onnx_model(cfg, checkpoint, launcher, fp16, bf16)
+    else:
+        loaded = read_segmentor_checkpoint(checkpoint)
     configure_test(cfg, out, show_dir, tta)
     preflight(cfg, 'test', str(config))
-    weights = checked_weights(cfg, checkpoint, loaded)
-    del loaded
+    if not onnx:
+        weights = checked_weights(cfg, checkpoint, loaded)
+        del loaded
     init_distributed(launcher)
     runner = build_runner(cfg)
-    segmentor_of(runner.model).load_state_dict(weights)
-    del weights
-    _prepare_for_test(segmentor_of(runner.model), fuse, fp16)
+    if not onnx:
+        segmentor_of(runner.model).load_state_dict(weights)
+        del weights
+        _prepare_for_test(segmentor_of(runner.model), fuse, fp16, bf16)
     with frame_failures_named(runner):
         metrics = dict(runner.test())
     per_class = next((m.per_class for m in runner.test_loop.evaluator.metrics
@@ -261,7 +288,8 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     if runner.rank == 0:
         path = Path(runner.work_dir) / METRICS_FILE
         record = dict(config=str(config), checkpoint=str(checkpoint), tta=tta, fp16=fp16,
-                      fused=fuse,
+                      fused=None if onnx else fuse, bf16=bf16,
+                      backend='onnxruntime' if onnx else 'pytorch',
                       **{k: round(float(v), 4) if k != 'per_class' else v
                          for k, v in metrics.items()})
         write_text_atomically(path, json.dumps(record, indent=2) + '\n')
