@@ -68,6 +68,11 @@ def test_copies_of_library_constants_in_the_tools_agree():
     from repseg.fast_inference.variants import COMPILE_VARIANTS, VARIANTS
 
     assert load_tool('speed_variants').VARIANT_NAMES == (*VARIANTS, *COMPILE_VARIANTS)
+    from repseg import quantization
+
+    tool = load_tool('quantize')
+    assert tool.METHODS == quantization.METHODS
+    assert tool.DEFAULT_OP_TYPES == quantization.DEFAULT_OP_TYPES
 
 
 # End to end: real processes ---------------------------------------------------------------

@@ -340,6 +340,24 @@ CASES = [
     Case('export-verification-fails', 'export_onnx', FUSED + ' {tmp}/m.onnx --force ' + TINY_EXPORT,
          1, 'onnxruntime and PyTorch disagree', prepare=existing_file('m.onnx'),
          fault=onnx_output_differs),
+    # quantize
+    Case('quantize-output-exists', 'quantize', SEG + ' {tmp}/q.onnx --calib ' + VAL, 2,
+         '1 output already exists: {tmp}/q.onnx', prepare=existing_file('q.onnx')),
+    Case('quantize-out-not-onnx', 'quantize', SEG + ' {tmp}/q.pth --calib ' + VAL, 2,
+         'OUT must be an .onnx file'),
+    Case('quantize-no-calibration-images', 'quantize', SEG + ' {tmp}/q.onnx --calib ' + VAL +
+         ' --num-calib 0', 2, '--num-calib must be at least 1'),
+    Case('quantize-calib-not-a-folder', 'quantize', SEG + ' {tmp}/q.onnx --calib {ws}/notes.txt '
+         '--cfg-options test_dataloader.dataset.data_root={tmp}/none', 2,
+         "--calib {ws}/notes.txt: not a folder; give a folder of images or 'val'"),
+    Case('quantize-nothing-left-to-check', 'quantize', SEG + ' {tmp}/q.onnx --calib ' + VAL +
+         ' --num-calib 2 --cfg-options test_dataloader.dataset.data_root={tmp}/none', 2,
+         'none is left to check the INT8 model on'),
+    Case('quantize-negative-max-float', 'quantize', SEG + ' {tmp}/q.onnx --calib ' + VAL +
+         ' --max-float -1', 2, 'need max_float >= 0'),
+    Case('quantize-checkpoint-missing', 'quantize', '{ws}/narrow.py {ws}/missing.pth {tmp}/q.onnx '
+         '--calib ' + VAL + ' --num-calib 1 --cfg-options '
+         'test_dataloader.dataset.data_root={tmp}/none', 2, 'checkpoint file not found'),
     # benchmark
     Case('benchmark-paper-and-fp16', 'benchmark', '{ws}/narrow.py --paper --fp16', 2,
          '--paper fixes batch 16'),

@@ -14,7 +14,8 @@ val split at hand, mIoU of fp32 vs INT8 through ONNX Runtime (the drop must be a
 images (at least --min-agreement percent). If the gate fails, the layers that cost the
 most are kept in float, fewest first, until it passes. OUT.onnx is written only when the
 gate passed (or with --save-failed); OUT's stem + .json holds the report. A failed gate
-exits with status 2 and the measured numbers.
+exits with status 2 and the measured numbers. An existing OUT.onnx (or its report) is
+replaced only with --force.
 
 Run the model with tools/test.py CONFIG OUT.onnx and tools/infer.py CONFIG OUT.onnx IMAGES;
 time it with tools/benchmark.py CONFIG CHECKPOINT --int8 OUT.onnx.
@@ -25,13 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import repseg  # noqa: E402,F401  (before mmseg: compat shims, backbone registration)
-from mmengine.config import DictAction  # noqa: E402
-
-from repseg.mmseg.runner import exit_on_user_error  # noqa: E402
-from repseg.quantization import (DEFAULT_OP_TYPES, METHODS, GateFailure,  # noqa: E402
-                                 GateSettings, QuantizeInputError, QuantSettings,
-                                 quantize_segmentor, report_path)
+# repseg.quantization's choices, for the help text: --help imports no torch (tested equal).
+METHODS = ('minmax', 'percentile', 'entropy')
+DEFAULT_OP_TYPES = ('Conv', 'Relu')
 
 
 def parse_args(argv=None):
@@ -69,9 +66,10 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, help='ONNX Runtime threads for the checks')
     parser.add_argument('--save-failed', action='store_true',
                         help='write OUT.onnx even if the gate fails (still exits 2)')
-    parser.add_argument('--force', action='store_true', help='overwrite OUT.onnx')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an existing OUT.onnx and its report')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+    parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
                         help='config overrides, e.g. model.backbone.arch=A0')
     args = parser.parse_args(argv)
     if not args.out.lower().endswith('.onnx'):
@@ -79,31 +77,42 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    with exit_on_user_error():
-        if Path(args.out).exists() and not args.force:
-            raise QuantizeInputError(f'{args.out} exists; choose another OUT or add --force '
-                                     'to overwrite it')
-        try:
-            settings = QuantSettings(method=args.method, per_channel=not args.per_tensor,
-                                     reduce_range=args.reduce_range,
-                                     op_types=tuple(args.op_types), quant_format=args.format)
-            gate = GateSettings(max_drop=args.max_drop, min_agreement=args.min_agreement,
-                                max_float=args.max_float)
-        except ValueError as error:
-            raise QuantizeInputError(str(error)) from None
-        try:
-            report = quantize_segmentor(
-                args.config, args.checkpoint, args.out, args.calib, args.num_calib, settings,
-                gate, shape=args.shape, threads=args.threads, cfg_options=args.cfg_options,
-                save_failed=args.save_failed, progress=not args.no_progress)
-        except GateFailure as failure:
-            print(failure.report.summary(), flush=True)
-            raise
+def run(args):
+    from repseg.cli import parse_cfg_options
+    from repseg.fileio import check_output_location, claim_outputs
+    from repseg.quantization import (GateFailure, GateSettings, QuantizeInputError,
+                                     QuantSettings, quantize_segmentor, report_path)
+
+    check_output_location(args.out, is_folder=False, what='OUT.onnx')
+    claim_outputs([args.out, report_path(args.out)], args.force, 'another OUT.onnx')
+    try:
+        settings = QuantSettings(method=args.method, per_channel=not args.per_tensor,
+                                 reduce_range=args.reduce_range,
+                                 op_types=tuple(args.op_types), quant_format=args.format)
+        gate = GateSettings(max_drop=args.max_drop, min_agreement=args.min_agreement,
+                            max_float=args.max_float)
+    except ValueError as error:
+        raise QuantizeInputError(str(error)) from None
+    try:
+        report = quantize_segmentor(
+            args.config, args.checkpoint, args.out, args.calib, args.num_calib, settings,
+            gate, shape=args.shape, threads=args.threads,
+            cfg_options=parse_cfg_options(args.cfg_options), save_failed=args.save_failed,
+            progress=not args.no_progress)
+    except GateFailure as failure:
+        print(failure.report.summary(), flush=True)
+        raise
     print(report.summary())
     print(f'wrote {args.out} ({Path(args.out).stat().st_size / 2 ** 20:.1f} MB); report in '
           f'{report_path(args.out)}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from repseg.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        run(args)
 
 
 if __name__ == '__main__':
