@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -207,8 +207,9 @@ def load_onnx_segmentor(cfg: Config, onnx_file: PathLike,
     return model.eval()
 
 
-def refuse_precision_flags(onnx_file: PathLike, flags: Sequence[str]) -> None:
+def refuse_precision_flags(onnx_file: PathLike, fp16: bool, bf16: bool) -> None:
     """Half-precision switches apply to PyTorch models only: say so instead of ignoring."""
+    flags = [flag for flag, on in (('--fp16', fp16), ('--bf16', bf16)) if on]
     if flags:
         raise OnnxModelError(
             f"{' and '.join(flags)} cast{'s' if len(flags) == 1 else ''} a PyTorch model; "

@@ -210,8 +210,7 @@ def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
         raise InputError('--fp16 and --bf16 exclude each other; choose one')
     cfg = load_config(config)
     if is_onnx_file(checkpoint):
-        refuse_precision_flags(checkpoint, [flag for flag, on in (('--fp16', fp16),
-                                                                  ('--bf16', bf16)) if on])
+        refuse_precision_flags(checkpoint, fp16, bf16)
         return load_onnx_segmentor(cfg, checkpoint)
     model = build_segmentor(cfg, checkpoint, 'cpu')
     prepare_for_inference(model, fuse=fuse, fp16=fp16 or bf16,

@@ -227,8 +227,7 @@ def _use_onnx_model(cfg: Config, onnx_file, launcher: str, fp16: bool, bf16: boo
     if launcher != 'none':
         raise PreflightError(f'{onnx_file}: an ONNX model is tested in one process on the '
                              'CPU; drop --launcher (tools/dist_test.sh)')
-    refuse_precision_flags(onnx_file, [flag for flag, on in (('--fp16', fp16),
-                                                             ('--bf16', bf16)) if on])
+    refuse_precision_flags(onnx_file, fp16, bf16)
     use_onnx_model(cfg, onnx_file)
 
 
