@@ -8,7 +8,7 @@ Examples:
   tools/benchmark.py --cls B1g2 B2            # + torchvision resnet50/101/152
   tools/benchmark.py configs/pspnet_repvgg_b1g2.py --shape 64 128 --iters 3 --device cpu
   tools/benchmark.py --pooling 2560 --fp16 --channels-last   # PSP pooling op alone
-  tools/benchmark.py configs/pspnet_repvgg_b1g2_fast.py --shape 512 1024 --device cpu \
+  tools/benchmark.py configs/pspnet_repvgg_b1g2_fast.py --shape 512 1024 --device cpu \\
       --threads 1 --int8 --bf16   # PyTorch fp32/bf16, ONNX Runtime fp32/INT8, interleaved
 
 Random weights unless CHECKPOINT is given (it applies to CONFIG, not to --compare
