@@ -120,6 +120,16 @@ def cpu_has_fast_bfloat16() -> bool:
         return False
 
 
+def cpu_has_fast_float16() -> bool:
+    """Whether oneDNN runs float16 natively on this CPU (AVX512-FP16 or AMX-FP16). Without
+    it float16 convs are emulated: on an AVX2-only CPU a 3x3 conv (64 channels, 64x128)
+    took 2.1 s in float16 against 8 ms in float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def prepare_for_inference(model: nn.Module, fuse: bool = True, fp16: bool = False,
                           channels_last: bool = False, fast_pooling: Optional[bool] = None,
                           half_dtype: torch.dtype = torch.float16) -> nn.Module:
