@@ -1,8 +1,6 @@
 """User errors are caught before training or testing starts, with messages that say what
 is wrong and what to do; the tools exit with status 2 and no traceback."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +10,7 @@ import torch
 from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.cli import USER_ERRORS
 from repseg.mmseg.runner import PreflightError, prepare_config, preflight, run_test
+from tiny_models import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'
@@ -139,26 +138,19 @@ def test_checkpoint_of_another_arch(toy, tmp_path):
     assert 'looks like RepVGG-A1' in message
 
 
-def test_cli_train_without_cityscapes_exits_2_with_help(tmp_path):
-    """The paper config on a machine without data/cityscapes (run from an empty folder)."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/train.py'), str(ROOT / 'configs/pspnet_repvgg_b2.py')],
-        capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert 'Traceback' not in result.stderr
-    assert re.search(r"error: data root 'data/cityscapes/?' does not exist", result.stderr)
-    assert 'Download Cityscapes' in result.stderr and 'prepare_cityscapes.py' in result.stderr
-    assert 'make_toy_cityscapes.py' in result.stderr
-    assert 'RepVGG-B2-train.pth' in result.stderr  # the missing ImageNet weights, too
+def test_cli_train_without_cityscapes_exits_2_with_help(tmp_path, monkeypatch, capsys):
+    """The paper config on a machine without data/cityscapes (run from an empty folder;
+    in-process: the tool convention's subprocess path is tested in test_cli.py)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('train').main([str(ROOT / 'configs/pspnet_repvgg_b2.py')])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr[-3000:]
+    assert 'Traceback' not in stderr
+    assert re.search(r"error: data root 'data/cityscapes/?' does not exist", stderr)
+    assert 'Download Cityscapes' in stderr and 'prepare_cityscapes.py' in stderr
+    assert 'make_toy_cityscapes.py' in stderr
+    assert 'RepVGG-B2-train.pth' in stderr  # the missing ImageNet weights, too
     assert not (tmp_path / 'work_dirs').exists()
 
 
-def test_cli_test_with_wrong_checkpoint_exits_2(tmp_path):
-    bogus = tmp_path / 'not_a_checkpoint.pth'
-    bogus.write_bytes(b'this is not a checkpoint')
-    result = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/test.py'), str(DEMO_CONFIG), str(bogus)],
-        capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert 'Traceback' not in result.stderr
-    assert f"error: could not read checkpoint '{bogus}'" in result.stderr
