@@ -29,7 +29,8 @@ import torch
 from mmengine.logging import print_log
 
 from .benchmark import (BenchmarkRecord, BenchmarkSettings, Target, add_ratios,
-                        build_benchmark_segmentor, configure_backends, make_record)
+                        build_benchmark_segmentor, check_onnx_runtime_settings,
+                        configure_backends, make_record)
 from .analysis import count_flops
 from .export import (SegmentorForExport, export_onnx, image_batch, prepare_for_export,
                      synthetic_image)
@@ -120,11 +121,7 @@ def compare_backends(config, settings: BenchmarkSettings, checkpoint=None,
     Returns:
         One record per backend, PyTorch fp32 first (``fps_ratio`` is relative to it).
     """
-    if torch.device(settings.device).type != 'cpu':
-        raise ValueError('the backend comparison runs on the CPU (--device cpu)')
-    if settings.fp16 or settings.channels_last:
-        raise ValueError('the backend comparison times fp32 NCHW against INT8 and bf16: '
-                         'drop --fp16/--channels-last')
+    check_onnx_runtime_settings(settings, 'the backend comparison (--int8/--bf16)')
     for path in int8_models:
         if not Path(path).is_file():
             raise FileNotFoundError(f'INT8 model not found: {path}')

@@ -355,16 +355,22 @@ def segmentation_target(config, settings: BenchmarkSettings, checkpoint=None,
                   _arch_of(model), fused, flops_shape=settings.shape)
 
 
+def check_onnx_runtime_settings(settings: BenchmarkSettings, what: str) -> None:
+    """ONNX Runtime paths time the float32 NCHW export on the CPU: refuse other settings
+    (``what`` names the path in the message)."""
+    if torch.device(settings.device).type != 'cpu':
+        raise InvalidArgumentError(f'{what} is timed on the CPU only (--device cpu)')
+    if settings.fp16 or settings.channels_last:
+        raise InvalidArgumentError(f'{what} runs the float32 NCHW model; drop '
+                                   '--fp16/--channels-last')
+
+
 def _onnx_segmentation_target(config, model: nn.Module, settings: BenchmarkSettings,
                               repvgg: bool) -> Target:
     """Export the fused segmentor (label-map output, so arg-max is timed as well)."""
     from .export import export_onnx, onnx_session, run_onnx
 
-    if torch.device(settings.device).type != 'cpu':
-        raise InvalidArgumentError('the onnxruntime backend is timed on CPU only (--device cpu)')
-    if settings.fp16 or settings.channels_last:
-        raise InvalidArgumentError('the onnxruntime backend runs the float32 NCHW export; '
-                         'drop --fp16/--channels-last')
+    check_onnx_runtime_settings(settings, 'the onnxruntime backend')
     tmp = tempfile.mkdtemp(prefix='repseg_bench_')
     path = Path(tmp) / 'model.onnx'
     wrapper = export_onnx(model, path, shape=settings.shape, labels=True,

@@ -372,6 +372,9 @@ CASES = [
          '1 output already exists: {tmp}/r.json', prepare=existing_file('r.json')),
     Case('benchmark-unknown-arch', 'benchmark', '--cls B9 --device cpu', 2,
          "unknown RepVGG arch 'B9'"),
+    Case('benchmark-int8-channels-last', 'benchmark',
+         '{ws}/narrow.py --device cpu --int8 --channels-last --shape 32 64', 2,
+         'runs the float32 NCHW model; drop --fp16/--channels-last'),
     # speed_variants
     Case('variants-unknown', 'speed_variants', '{ws}/narrow.py --device cpu --variants turbo', 2,
          "unknown variants ['turbo']"),
