@@ -114,25 +114,37 @@ def label_problem(seg: np.ndarray, label, rules: FrameRules) -> Optional[str]:
             f'ignore index {rules.ignore_index}.{hint}')
 
 
+def channels_problem(image: np.ndarray, img, color_type: str,
+                     channels: int) -> Optional[str]:
+    """Why the decoded ``image`` (a file named ``img``) lacks ``channels`` channels, or
+    None (shared with :mod:`repseg.mmseg.frame_guard`, like the two below)."""
+    found = 1 if image.ndim == 2 else image.shape[2]
+    if found == channels:
+        return None
+    return (f"image '{img}' has {found} channel(s) after loading with "
+            f"color_type='{color_type}'; expected {channels}")
+
+
+def size_problem(img, image_hw: Sequence[int], label, label_hw: Sequence[int]) -> Optional[str]:
+    """Why an image of ``image_hw`` (H, W) and its label of ``label_hw`` do not pair."""
+    if tuple(image_hw[:2]) == tuple(label_hw[:2]):
+        return None
+    return (f"image '{img}' is {image_hw[1]}x{image_hw[0]} (WxH) but its label "
+            f"'{label}' is {label_hw[1]}x{label_hw[0]}")
+
+
 def frame_problem(img, label, rules: FrameRules) -> Optional[str]:
     """Decode one image/label pair as mmseg's loaders would; why it fails, or None."""
     image = cv2.imread(str(img), COLOR_TYPE_FLAGS[rules.color_type])
     if image is None:
         return f"cannot read image '{img}': not a readable image (corrupt or truncated file?)"
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels != rules.channels:
-        return (f"image '{img}' has {channels} channel(s) after loading with "
-                f"color_type='{rules.color_type}'; expected {rules.channels}")
+    problem = channels_problem(image, img, rules.color_type, rules.channels)
+    if problem:
+        return problem
     seg = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
     if seg is None:
         return f"cannot read label '{label}': not a readable image (corrupt or truncated file?)"
-    problem = label_problem(seg, label, rules)
-    if problem:
-        return problem
-    if image.shape[:2] != seg.shape:
-        return (f"image '{img}' is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
-                f"'{label}' is {seg.shape[1]}x{seg.shape[0]}")
-    return None
+    return label_problem(seg, label, rules) or size_problem(img, image.shape, label, seg.shape)
 
 
 def _check_pair(job) -> Optional[str]:

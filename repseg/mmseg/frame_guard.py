@@ -18,7 +18,7 @@ from mmcv.transforms import LoadImageFromFile
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
-from ..data.frame_check import FrameRules, label_problem
+from ..data.frame_check import FrameRules, channels_problem, label_problem, size_problem
 from ..errors import UserError
 
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -56,13 +56,10 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         except Exception as error:  # mmcv raises AssertionError, OSError, ... here
             raise FrameLoadError(f"cannot read image '{path}' ({type(error).__name__}: "
                                  f'{error})') from error
-        if loaded is not None:
-            image = loaded['img']
-            channels = 1 if image.ndim == 2 else image.shape[2]
-            if channels != self.channels:
-                raise FrameLoadError(
-                    f"image '{path}' has {channels} channel(s) after loading with "
-                    f"color_type='{self.color_type}'; expected {self.channels}")
+        problem = loaded and channels_problem(loaded['img'], path, self.color_type,
+                                              self.channels)
+        if problem:
+            raise FrameLoadError(problem)
         return loaded
 
 
@@ -85,14 +82,11 @@ class CheckedLoadAnnotations(LoadAnnotations):
             raise FrameLoadError(f"cannot read label '{path}' ({type(error).__name__}: "
                                  f'{error})') from error
         seg = results['gt_seg_map']
-        problem = self.rules and label_problem(seg, path, self.rules)
+        size = results.get('ori_shape')
+        problem = (self.rules and label_problem(seg, path, self.rules)) or \
+            (size is not None and size_problem(results.get('img_path'), size, path, seg.shape))
         if problem:
             raise FrameLoadError(problem)
-        size = results.get('ori_shape')
-        if size is not None and tuple(seg.shape[:2]) != tuple(size[:2]):
-            raise FrameLoadError(
-                f"image '{results.get('img_path')}' is {size[1]}x{size[0]} (WxH) but its "
-                f"label '{path}' is {seg.shape[1]}x{seg.shape[0]}")
 
 
 def default_argument(cls: type, name: str, fallback: Any) -> Any:
