@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import cv2
-import numpy as np
 import pytest
 import torch
 

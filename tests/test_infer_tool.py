@@ -1,6 +1,5 @@
 """tools/infer.py: folders (nested), a corrupt file, odd sizes, a video, batching, and
 train-time / fused checkpoints with train / deploy configs."""
-import sys
 from pathlib import Path
 
 import cv2

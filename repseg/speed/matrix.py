@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
-import torch.nn as nn
 
 from ..analysis import count_flops
 from ..benchmark import (BenchmarkSettings, Target, configure_backends, environment, measure,
