@@ -256,11 +256,14 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, device: str,
         raise InvalidArgumentError(f'need iters >= 1 and warmup >= 0, got iters={iters}, '
                                    f'warmup={warmup}')
     memory = PeakMemory(device)
-    memory.start()
+    if not memory.cuda:  # CPU: growth of the resident memory from before the first call
+        memory.start()
     print_log(f'{name}: {warmup} warm-up calls, {iters} timed calls', logger='current')
     for _ in range(warmup):
         fn()
     synchronize(device)
+    if memory.cuda:  # the timed calls only: not cuDNN's algorithm search in the warm-up,
+        memory.start()  # whose workspace a deployed model does not keep
     times = []
     for _ in range(iters):
         synchronize(device)

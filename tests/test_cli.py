@@ -56,6 +56,17 @@ def test_usage_errors_exit_2_without_torch():
     assert 'error: the following arguments are required: config' in result.stderr
 
 
+def test_gpu_check_without_the_openmmlab_stack_exits_2_naming_the_wheels(tmp_path):
+    """A GPU image without mm* packages (``--wheels`` forgotten): one error, no traceback,
+    nothing written."""
+    result = run_script(ROOT / 'tools' / 'gpu_check.py', '--smoke', tmp_path / 'out',
+                        code=NO_HEAVY_IMPORTS)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith('error: repseg cannot be imported')
+    assert '--wheels DIR' in result.stderr and 'Traceback' not in result.stderr
+    assert not (tmp_path / 'out').exists()
+
+
 def test_copies_of_library_constants_in_the_tools_agree():
     from repseg import benchmark, export
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from repseg.gpu_check import GpuCheck
+from repseg.gpu_check.layout import StepResult
 from repseg.gpu_check.steps import Step
 from repseg.speed.matrix import PREDICT, Key, full_plan, plan_keys, smoke_plan
 from repseg.speed.report import matrix_markdown
@@ -99,6 +100,29 @@ def test_failures_and_time_limits_are_recorded_and_the_run_goes_on(tmp_path, mon
     assert 'hello' in log
     summary = (tmp_path / 'out' / 'summary.md').read_text()
     assert '**timeout**' in summary and 'time budget' in summary and 'Run complete' in summary
+
+
+def test_pytest_step_without_its_report_reads_each_outcome_from_the_log(tmp_path):
+    """A pytest step killed at its limit writes no XML report: its log must still name every
+    test's outcome under the repository's pytest.ini (whose ``-q`` once cancelled ``-v``)."""
+    (tmp_path / 'test_outcomes.py').write_text(
+        'import pytest\npytestmark = pytest.mark.cuda\n\n'
+        'def test_passes():\n    pass\n\n'
+        'def test_fails():\n    assert 1 == 2\n\n'
+        'def test_skips():\n    pytest.skip("needs a GPU")\n')
+    check = GpuCheck(tmp_path / 'out', tmp_path / 'work', smoke=True, echo=lambda message: None)
+    step = next(step for step in check.steps() if step.name == 'pytest-cuda')
+    report = step.command.index('--junitxml')
+    command = step.command[:report] + step.command[report + 2:-1] + [
+        '-c', str(ROOT / 'pytest.ini'), '--rootdir', str(tmp_path),
+        str(tmp_path / 'test_outcomes.py')]
+    check.prepare()
+    result = StepResult(step.name, step.title)
+    check.run_step(1, Step(step.name, step.title, command, 120, 1, step.read), result, 120)
+    assert result.details == dict(tests=3, failures=1, errors=0, skipped=1, passed=1,
+                                  failed=['test_fails'], report=False), \
+        (check.logs / result.log).read_text()[-3000:]
+    assert 'read from the log' in result.note
 
 
 def _record(group, role, fps, variant=PREDICT, fused=None, **extra):

@@ -66,9 +66,26 @@ def run(args) -> int:
     return check.run(args.install_log)
 
 
+def import_cli():
+    """repseg.cli, or exit 2 saying what is missing: on a GPU image without the OpenMMLab
+    stack (forgotten --wheels) nothing could run, and a traceback would hide the fix."""
+    try:
+        from repseg import cli
+    except ImportError as error:
+        if (getattr(error, 'name', None) or '').startswith('repseg'):
+            raise  # a bug in repseg itself keeps its traceback
+        print(f'error: repseg cannot be imported with {sys.executable}: {error}\n'
+              'On an image that has torch but not the OpenMMLab stack, give a folder of '
+              'wheels: tools/gpu_check.sh OUT_DIR --wheels DIR (docs/benchmarks.md, '
+              '"GPU check and the H100 tables"); PYTHON=... picks another interpreter.',
+              file=sys.stderr)
+        sys.exit(2)
+    return cli
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from repseg.cli import exit_on_user_error
+    exit_on_user_error = import_cli().exit_on_user_error
 
     with exit_on_user_error():
         status = run(args)

@@ -8,7 +8,7 @@ and profiles of the targets it missed.
 
 PSPNet R-50-D8, R-101-D8, RepVGG B1g2, B1g2-fast, B2, B2-fast (train-time and fused) at
 batch 1, 1024x2048 in fp32 (TF32) and fp16 channels-last; the paper protocol (batch 16,
-713x713, fp32, TF32 off); call paths (label path, CUDA graph, cudnn heuristics); the fused
+713x713, fp32, TF32 off); call paths (label path, CUDA graph, each speed option); the fused
 B2 backbone against a dense fp16 matmul; a training iteration of B2 and R-101-D8 at
 713x713 batch 2 with AMP. Random weights (calibrated BN). --smoke: tiny models, CPU.
 """

@@ -4,12 +4,17 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
 #: Modules the run needs (mmcv and mmseg come from the wheels on the GPU image).
+#: ``torch.utils.cpp_extension`` (which imports setuptools) is what mmengine's
+#: environment report imports on CUDA, in every Runner; repseg's distutils stand-in does
+#: not cover it.
 PROBED_IMPORTS = ('torch', 'torchvision', 'numpy', 'mmengine', 'mmcv', 'mmseg', 'repseg',
-                  'onnx', 'onnxruntime', 'timm', 'cv2', 'distutils.errors', 'pytest')
+                  'onnx', 'onnxruntime', 'timm', 'cv2', 'distutils.errors', 'setuptools',
+                  'torch.utils.cpp_extension', 'pytest')
 
 
 def probe_environment() -> dict:
@@ -28,7 +33,7 @@ def probe_environment() -> dict:
     env = dict(python=platform.python_version(), torch=torch.__version__,
                numpy=numpy.__version__, cuda=torch.version.cuda,
                cuda_available=torch.cuda.is_available(), cpu_count=os.cpu_count(),
-               imports=imports)
+               imports=imports, c_compiler=_c_compiler())
     for package in ('mmengine', 'mmcv', 'mmseg', 'onnxruntime', 'timm'):
         env[f'{package}_version'] = getattr(sys.modules.get(package), '__version__', None)
     if torch.cuda.is_available():
@@ -51,3 +56,12 @@ def _nvidia_smi() -> str:
              '--format=csv,noheader'], capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as error:
         return f'not run: {error}'
+
+
+def _c_compiler() -> str:
+    """The C compiler triton (torch.compile, the compiled resize-argmax) would call, or
+    why there is none: without one those paths fall back to eager."""
+    for name in (os.environ.get('CC'), 'cc', 'gcc', 'clang'):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return 'none found (CC, cc, gcc, clang): torch.compile paths will fall back'

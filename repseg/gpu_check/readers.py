@@ -29,7 +29,9 @@ def read_environment(check: GpuCheck, result: StepResult) -> None:
     result.details = dict(missing=missing)
     result.note = (f"{env.get('device_name', '?')}, torch {env.get('torch')}, CUDA "
                    f"{env.get('cuda')}, Python {env.get('python')}"
-                   + (f"; cannot import: {', '.join(missing)}" if missing else ''))
+                   + (f"; cannot import: {', '.join(missing)}" if missing else '')
+                   + (f"; C compiler: {env['c_compiler']}"
+                      if str(env.get('c_compiler', '')).startswith('none') else ''))
     if missing and result.status == 'ok':
         result.status = 'failed'
 

@@ -191,7 +191,8 @@ class GpuCheck:
             # Last: the longest check, and a budget cut then loses the fewest results (the
             # verbose log keeps each test's outcome even without the XML report).
             Step('pytest-cuda', 'pytest -m cuda', [
-                self.python, '-m', 'pytest', '-m', 'cuda', '-v', '-p', 'no:cacheprovider',
+                self.python, '-m', 'pytest', '-m', 'cuda', '-o', 'addopts=', '-v', '-rs',
+                '-p', 'no:cacheprovider',
                 '--junitxml', str(self.logs / 'pytest_cuda.xml'),
                 str(ROOT / 'tests' / ('test_cuda.py' if smoke else ''))], 240, 100,
                 readers.read_pytest),

@@ -9,8 +9,10 @@ Groups (batch 1 at 1024x2048 unless said; one record each, see :class:`Key`):
   (Table 8: batch 16, 713x713, float32, TF32 off).
 * ``options``: fused B2 and R-101-D8 in fp16 channels-last through the call paths of
   :mod:`repseg.fast_inference` (:data:`OPTION_VARIANTS`: the tensor-only predictor, each
-  speed option alone for B2, all of them), and B2 through mmseg's predict with
-  ``cudnn.benchmark`` off (cuDNN's heuristic algorithm choice instead of its timed one).
+  speed option alone for B2, all of them). (No record with ``cudnn.benchmark`` off: torch
+  looks up cuDNN's plan cache before it reads the flag, so in one process such a record
+  replays the timed plans of the same shapes, and measuring it first would hand its
+  heuristic plans to the fp16 records.)
   ``torch.compile`` is :func:`run_compiled`, separate because compiling takes minutes.
 * ``backbone``: the fused B2 backbone alone in fp16 channels-last, and a dense fp16
   matmul: achieved TFLOP/s against the peak of the same GPU in the same run.
@@ -49,7 +51,6 @@ GROUPS = ('fp32', 'fp16cl', 'paper', 'options', 'backbone', 'training')
 # Variants (the call path of a record); the options group also uses the names of
 # repseg.fast_inference.variants (VARIANTS, COMPILE_VARIANTS), e.g. '+cuda_graph', 'all'.
 PREDICT = 'predict'
-PREDICT_HEURISTIC = 'predict, cudnn.benchmark off'
 BACKBONE = 'backbone'
 AMP = 'train step'
 AMP_CHANNELS_LAST = 'train step, channels-last'
@@ -204,8 +205,6 @@ def plan_keys(spec: ModelSpec, plan: MatrixPlan) -> Iterator[Key]:
         yield Key('fp16cl', spec.role, PREDICT, fused)
     for variant in plan.option_variants.get(spec.role, ()):
         yield Key('options', spec.role, variant, inference_fused)
-    if spec.role == plan.backbone_role and plan.cuda:
-        yield Key('options', spec.role, PREDICT_HEURISTIC, inference_fused)
     if spec.role == plan.backbone_role:
         yield Key('backbone', spec.role, BACKBONE, inference_fused)
     if spec.role in plan.training_roles:
@@ -235,7 +234,7 @@ def build_target(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
     """The timed call of ``key`` on a variant of the model (also what profiling runs)."""
     settings = plan.settings(key.group)
     model = variants.get(bool(key.fused), settings.fp16, settings.channels_last)
-    if key.variant == PREDICT or key.variant == PREDICT_HEURISTIC:
+    if key.variant == PREDICT:
         target = segmentation_target(spec.config, settings, fuse=bool(key.fused), model=model)
         target.name = _name(spec, key)
         return target
@@ -276,12 +275,7 @@ def _measure_key(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
     settings = plan.settings(key.group)
     target = build_target(key, variants, spec, plan)
     configure_backends(settings)
-    if key.variant == PREDICT_HEURISTIC:
-        torch.backends.cudnn.benchmark = False
-    try:
-        record = measure(target, settings)
-    finally:
-        torch.backends.cudnn.benchmark = plan.cuda
+    record = measure(target, settings)
     row = dict(group=key.group, role=key.role, label=spec.label, variant=key.variant,
                **record.to_dict())
     row['fused'] = key.fused
@@ -336,6 +330,9 @@ def _error(result: MatrixResult, where: dict, error: BaseException, log) -> None
 
 
 def _free(device: str) -> None:
+    """Release the last record's model: predictors hold reference cycles (and CUDA graph
+    memory pools), which only the cyclic collector frees."""
+    gc.collect()
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()

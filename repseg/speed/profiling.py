@@ -8,7 +8,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ..benchmark import configure_backends, synchronize
-from .matrix import Key, MatrixPlan, PREDICT_HEURISTIC, build_target
+from .matrix import Key, MatrixPlan, build_target
 from .models import Variants, build_calibrated_segmentor
 
 #: Rows per table (ops sorted by their own time on the device, CPU time off CUDA).
@@ -66,8 +66,6 @@ def profile_keys(plan: MatrixPlan, keys: Iterable[Key],
             target = build_target(key, models[spec.role], spec, plan)
             settings = plan.settings(key.group)
             configure_backends(settings)
-            if key.variant == PREDICT_HEURISTIC:
-                torch.backends.cudnn.benchmark = False
             table = op_table(target.run, plan.device)
             title = (f'{target.name} [{key.group}]: batch {settings.batch}, '
                      f'{settings.shape[0]}x{settings.shape[1]}, {settings.dtype_name}'
@@ -79,7 +77,6 @@ def profile_keys(plan: MatrixPlan, keys: Iterable[Key],
             text.append(f'profiling {key} failed: {type(error).__name__}: {error}\n')
             log(text[-1])
         finally:
-            torch.backends.cudnn.benchmark = plan.cuda
             if plan.cuda:
                 torch.cuda.empty_cache()
         write('\n'.join(text))

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Sequence
 
 from ..fast_inference.variants import COMPILE_VARIANTS, VARIANTS
-from .matrix import BACKBONE, PREDICT, PREDICT_HEURISTIC, Key
+from .matrix import BACKBONE, PREDICT, Key
 
 #: Call paths that count as speed options for the fp16 targets (besides PREDICT).
-OPTION_VARIANTS = (*(name for name, options in {**VARIANTS, **COMPILE_VARIANTS}.items()
-                     if options is not None), PREDICT_HEURISTIC)
+OPTION_VARIANTS = tuple(name for name, options in {**VARIANTS, **COMPILE_VARIANTS}.items()
+                        if options is not None)
 
 
 @dataclass(frozen=True)
