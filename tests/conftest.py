@@ -52,6 +52,17 @@ def frame_check_cache(tmp_path_factory):
         os.environ['REPSEG_CACHE_DIR'] = previous
 
 
+@pytest.fixture(autouse=True)
+def restore_cuda_backend_flags():
+    """Tools run in-process (benchmark) turn cudnn.benchmark and TF32 on for CUDA; no later
+    test, in any module, may inherit that."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+             torch.backends.cuda.matmul.allow_tf32)
+    yield
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+     torch.backends.cuda.matmul.allow_tf32) = saved
+
+
 @pytest.fixture(scope='session')
 def city_copy(tmp_path_factory):
     """``city_copy(folder, num_train=4, num_val=2, seed=1)``: a fresh copy, in

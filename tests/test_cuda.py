@@ -5,7 +5,6 @@ Marked ``cuda``: skipped without a GPU (tests/conftest.py); run them on a GPU ma
 ``pytest -m cuda`` (``tools/gpu_check.sh`` does). Only packages of the GPU image are used
 (no mmpretrain, no cityscapes evaluation).
 """
-import contextlib
 import copy
 import json
 import os
@@ -28,7 +27,7 @@ from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.mmseg.deploy import deploy_segmentor
 from repseg.mmseg.fast_psp import pyramid_avg_pool2d
 from tiny_models import (DEMO_CONFIG, NARROW, TINY_CONFIG, load_tool, narrow_demo_checkpoint,
-                         random_batch_norms, tiny_segmentor)
+                         random_batch_norms, tf32, tiny_segmentor)
 
 pytestmark = pytest.mark.cuda
 
@@ -36,28 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BINS = (1, 2, 3, 6)
 #: Fraction of pixels where fp16 / bf16 must predict what fp32 predicts (issue 9).
 HALF_AGREEMENT = 0.995
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    """TF32 for cuDNN convolutions and matmuls, restored afterwards."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-@pytest.fixture(autouse=True)
-def restore_cuda_backend_flags():
-    """Tools run in-process (benchmark) turn cudnn.benchmark and TF32 on; later tests (here
-    and in other modules) must not inherit that."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-             torch.backends.cuda.matmul.allow_tf32)
-    yield
-    (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-     torch.backends.cuda.matmul.allow_tf32) = saved
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

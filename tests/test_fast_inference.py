@@ -24,7 +24,7 @@ from repseg.fast_inference.resize_argmax import FusedResizeArgmax, resize_argmax
 from repseg.fast_inference.variants import smooth_inputs
 from repseg.inference import prepare_for_inference
 from repseg.models.block import RepVGGBlock
-from tiny_models import TINY_CONFIG, load_tool, tiny_segmentor
+from tiny_models import TINY_CONFIG, load_tool, tf32, tiny_segmentor
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -241,10 +241,8 @@ def fp16_channels_last_on_cuda(model):
 
 @pytest.fixture
 def no_tf32():
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    with tf32(False):
+        yield
 
 
 @pytest.mark.cuda

@@ -1,4 +1,5 @@
 """Helpers of the speed, export and inference tests: small random models, tool loading."""
+import contextlib
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +17,17 @@ TINY_CONFIG = ROOT / 'tests' / 'configs' / 'pspnet_repvgg_a0_tiny.py'
 DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'pspnet_repvgg_a0_toycity.py'
 #: The demo config with narrower heads (faster tools tests on the toy city).
 NARROW = {'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8}
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """TF32 for cuDNN convolutions and matmuls, restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def load_tool(name: str) -> ModuleType:

@@ -62,6 +62,7 @@ def _c_compiler() -> str:
     """The C compiler triton (torch.compile, the compiled resize-argmax) would call, or
     why there is none: without one those paths fall back to eager."""
     for name in (os.environ.get('CC'), 'cc', 'gcc', 'clang'):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return 'none found (CC, cc, gcc, clang): torch.compile paths will fall back'
