@@ -1,7 +1,6 @@
 """Multi-process CPU training through tools/dist_train.sh (torchrun, gloo, BN), resuming
 an interrupted run, and atomic checkpoint writing."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from mmengine.hooks import Hook
 
 from repseg.data.toy_city import make_toy_cityscapes
 from repseg.fileio import write_bytes_atomically
+from repseg.gpu_check.steps import free_port
 from repseg.mmseg import hooks as repseg_hooks
 from repseg.mmseg.runner import build_runner, prepare_config, run_train
 
@@ -41,12 +41,6 @@ def toy_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy_city')
     make_toy_cityscapes(root, num_train=8, num_val=4, size=(64, 128), seed=5)
     return root
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def test_dist_train_two_cpu_processes(toy_root, tmp_path):
