@@ -210,7 +210,12 @@ def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
         raise InputError('--fp16 and --bf16 exclude each other; choose one')
     cfg = load_config(config)
     if is_onnx_file(checkpoint):
+        from mmseg.utils import register_all_modules
+
         refuse_precision_flags(checkpoint, fp16, bf16)
+        # Its data preprocessor is an mmseg type: in a fresh process (tools/infer.py)
+        # nothing has set mmseg's default scope yet, build_segmentor does it for .pth.
+        register_all_modules(init_default_scope=True)
         return load_onnx_segmentor(cfg, checkpoint)
     model = build_segmentor(cfg, checkpoint, 'cpu')
     prepare_for_inference(model, fuse=fuse, fp16=fp16 or bf16,

@@ -275,3 +275,84 @@ def test_toy_city_files_are_the_files_written(tmp_path):
     make_toy_cityscapes(tmp_path, num_train=2, num_val=1, size=(32, 32), force=True)
     with pytest.raises(FileExistsError):
         make_toy_cityscapes(tmp_path, num_train=1, num_val=0, size=(32, 32))
+
+
+# The README's commands with an .onnx model, each in a fresh process ----------------------
+
+@pytest.fixture(scope='module')
+def onnx_runs(tmp_path_factory):
+    """A tiny exported model run by the README's infer, test and benchmark commands, as
+    a user runs them: three new processes (started together), where nothing has set up
+    mmseg's registry before the tool does. Returns the folder, the image, the processes'
+    results and the model's labels from ONNX Runtime called directly (the oracle)."""
+    import cv2
+
+    from repseg.export import export_onnx, image_batch, onnx_session
+    from tiny_models import spread_predictions
+
+    folder = tmp_path_factory.mktemp('onnx_cli')
+    make_toy_cityscapes(folder / 'toy', num_train=1, num_val=1, size=(64, 128), seed=3)
+    options = {'model.decode_head.channels': 16, 'model.auxiliary_head.channels': 8,
+               'test_dataloader.dataset.data_root': str(folder / 'toy')}
+    cfg = load_config(ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py', options)
+    cfg.dump(str(folder / 'narrow.py'))
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        model = spread_predictions(build_segmentor(cfg))
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, folder / 'seg.pth')
+    export_onnx(model, folder / 'm.onnx', (64, 128))
+    image_path = next((folder / 'toy' / 'leftImg8bit' / 'val').rglob('*.png'))
+    image = cv2.imread(str(image_path))
+    output = onnx_session(folder / 'm.onnx', threads=1).run(None, {'image': image_batch(image)})
+    tools, config, model_file = ROOT / 'tools', folder / 'narrow.py', folder / 'm.onnx'
+    commands = {
+        'infer': [tools / 'infer.py', config, model_file, image_path, '--out-dir',
+                  folder / 'out', '--no-progress'],
+        'test': [tools / 'test.py', config, model_file, '--work-dir', folder / 'work'],
+        'benchmark': [tools / 'benchmark.py', config, folder / 'seg.pth', '--shape', '64',
+                      '128', '--device', 'cpu', '--threads', '1', '--warmup', '1',
+                      '--iters', '2', '--int8', model_file],
+    }
+    processes = {name: subprocess.Popen([sys.executable, *map(str, argv)], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+                 for name, argv in commands.items()}
+    results = {}
+    for name, process in processes.items():
+        out, err = process.communicate()
+        results[name] = (process.returncode, out, err)
+    return dict(folder=folder, image=image_path, results=results,
+                labels=output[0].argmax(axis=1)[0])
+
+
+def test_readme_infer_command_runs_an_onnx_model_in_a_fresh_process(onnx_runs):
+    import cv2
+
+    status, _, err = onnx_runs['results']['infer']
+    assert status == 0, err[-3000:]
+    stem = onnx_runs['folder'] / 'out' / onnx_runs['image'].stem
+    labels = cv2.imread(f'{stem}_trainIds.png', cv2.IMREAD_UNCHANGED)
+    assert labels is not None and (labels == onnx_runs['labels']).all()
+    assert Path(f'{stem}_mask.png').is_file() and Path(f'{stem}_overlay.png').is_file()
+
+
+def test_readme_test_command_runs_an_onnx_model_in_a_fresh_process(onnx_runs):
+    import json
+
+    import cv2
+
+    status, out, err = onnx_runs['results']['test']
+    assert status == 0, err[-3000:]
+    record = json.loads((onnx_runs['folder'] / 'work' / 'metrics.json').read_text())
+    assert record['backend'] == 'onnxruntime' and f"mIoU {record['mIoU']:.2f}" in out
+    name = onnx_runs['image'].name.replace('_leftImg8bit.png', '_gtFine_labelTrainIds.png')
+    truth = cv2.imread(str(next(onnx_runs['folder'].rglob(name))), cv2.IMREAD_UNCHANGED)
+    valid = truth != 255
+    expected = 100 * (onnx_runs['labels'][valid] == truth[valid]).mean()
+    assert record['aAcc'] == pytest.approx(expected, abs=0.01)
+
+
+def test_readme_benchmark_command_times_an_onnx_model_in_a_fresh_process(onnx_runs):
+    status, out, err = onnx_runs['results']['benchmark']
+    assert status == 0, err[-3000:]
+    assert 'ONNX Runtime INT8 (m.onnx): 100.00% of pixels labelled as by' in out
