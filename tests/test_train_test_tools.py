@@ -254,8 +254,34 @@ def test_cpu_config_uses_bn_gloo_ddp_and_atomic_checkpoints(tmp_path, monkeypatc
     assert 'model_wrapper_cfg' not in default
 
 
-def test_train_returns_runner_at_max_iters(toy_root, tmp_path):
-    runner = run_train(DEMO_CONFIG, work_dir=str(tmp_path),
-                   cfg_options=tiny_options(toy_root, **{'train_cfg.max_iters': 1}))
-    assert runner.iter == 1
-    assert (tmp_path / 'iter_1.pth').is_file()
+def test_resume_from_a_work_dir_config_written_by_an_older_repseg(trained, toy_root, tmp_path):
+    """A config as ``tools/train.py`` dumps it into a work dir names repseg's modules and
+    types literally; ``--resume`` with it must keep working after a refactoring (and
+    ``run_train`` returns the Runner at ``max_iters``)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(DEMO_CONFIG))
+    cfg.custom_imports = dict(imports=['repseg', 'repseg.mmseg.hooks', 'repseg.mmseg.ddp',
+                                       'repseg.mmseg.nonfinite', 'repseg.mmseg.frame_guard'],
+                              allow_failed_imports=False)
+    cfg.default_hooks.checkpoint.type = 'AtomicCheckpointHook'
+    cfg.custom_hooks = [dict(type='NonFiniteLossHook', limit=1)]
+    cfg.model_wrapper_cfg = dict(type='DeviceAwareDDP', broadcast_buffers=False,
+                                 find_unused_parameters=False)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        pipeline = cfg[loader].dataset.pipeline
+        pipeline[0].type, pipeline[1].type = 'CheckedLoadImageFromFile', 'CheckedLoadAnnotations'
+    dumped = tmp_path / 'pspnet_repvgg_a0_toycity.py'
+    cfg.dump(str(dumped))
+    work_dir = tmp_path / 'work'
+    work_dir.mkdir()
+    (work_dir / 'iter_2.pth').write_bytes((trained / 'iter_2.pth').read_bytes())
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_2.pth'))
+
+    options = tiny_options(toy_root, **{'train_cfg.max_iters': 3,
+                                        'default_hooks.checkpoint.interval': 1})
+    runner = run_train(dumped, work_dir=str(work_dir), resume=True, cfg_options=options)
+    assert runner.iter == 3
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == ['iter_2.pth', 'iter_3.pth']
+    from mmseg.registry import MODEL_WRAPPERS, TRANSFORMS
+    assert MODEL_WRAPPERS.get('DeviceAwareDDP') and TRANSFORMS.get('CheckedLoadAnnotations')

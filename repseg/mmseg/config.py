@@ -25,7 +25,8 @@ from mmengine.logging import print_log
 
 from ..errors import UserError
 from ..fileio import check_output_location
-from .builder import apply_cfg_options, read_config, use_plain_bn
+from .builder import use_plain_bn
+from .config_file import apply_cfg_options, read_config
 from .ddp import DeviceAwareDDP
 from .frame_guard import guard_frame_loading
 from .hooks import AtomicCheckpointHook

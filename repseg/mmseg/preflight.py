@@ -8,8 +8,11 @@
 * datasets: folders exist, every image has its label, and every frame decodes and fits
   the classes (:mod:`repseg.data.frame_check`, cached; ``skip_data_check`` leaves out
   the decoding);
-* pretrained files exist (:func:`pretrained_problems`);
-* a checkpoint to test fits the model (:func:`checked_weights`).
+* pretrained files exist (:func:`pretrained_problems`).
+
+Reading (:mod:`repseg.mmseg.config_file`) and building (:mod:`repseg.mmseg.builder`)
+import this module, never the other way round; a checkpoint to test is checked by
+:func:`repseg.mmseg.builder.checked_weights`.
 
 A wrong path or a typo then fails at once with a message saying what to do, instead of
 minutes or hours later inside a data-loader worker (or never: a mistyped argument would
@@ -36,7 +39,6 @@ from ..data.validate import DatasetError, check_cityscapes_split
 from ..errors import UserError
 from ..models.arch import canonical_arch_name
 from .backbone import PretrainedNotFoundError, RepVGGBackbone, check_pretrained_exists
-from .builder import build_segmentor, load_segmentor_weights, segmentor_of
 from .frame_guard import default_argument, dataset_frame_rules, leaf_datasets
 
 #: Keys of component configs that are not constructor arguments of the component.
@@ -199,9 +201,15 @@ def _registered_names(registry) -> set[str]:
     return names
 
 
-def _suggest(word: str, choices) -> str:
-    matches = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ''
+def did_you_mean(word: str, choices, parent: str = '') -> str:
+    """``"; did you mean 'a' or 'b'?"`` naming up to three of ``choices`` close to
+    ``word`` (as ``parent.choice`` when ``parent`` is given), or ``''``: the one
+    suggester of every config key and type message."""
+    matches = difflib.get_close_matches(word, sorted(str(c) for c in choices), n=3,
+                                        cutoff=0.6)
+    prefix = parent + '.' if parent else ''
+    return (f"; did you mean {' or '.join(repr(prefix + m) for m in matches)}?"
+            if matches else '')
 
 
 def component_problems(component: Component) -> Iterator[str]:
@@ -220,14 +228,14 @@ def component_problems(component: Component) -> Iterator[str]:
         cls = component.kind.get(type_name)
         if cls is None:
             yield (f'{path}.type: {type_name!r} is not a registered {component.kind.name} type'
-                   + _suggest(type_name, _registered_names(component.kind)))
+                   + did_you_mean(type_name, _registered_names(component.kind)))
             return
     accepted = _accepted_arguments(cls) if inspect.isclass(cls) else None
     if accepted is not None:
         for key in node:
             if key not in accepted and key not in NON_ARGUMENT_KEYS + component.extra:
                 yield (f'{path}.{key}: {type_name} has no argument {key!r}'
-                       + _suggest(key, accepted)
+                       + did_you_mean(key, accepted)
                        + f" (its arguments: {', '.join(sorted(accepted))})")
     if inspect.isclass(cls) and issubclass(cls, RepVGGBackbone):
         try:
@@ -358,12 +366,3 @@ def pretrained_problems(model_cfg: Mapping) -> list[str]:
         problems.append(f"model.pretrained: file '{pretrained}' not found; download it or "
                         'train from scratch with --cfg-options model.pretrained=None')
     return problems
-
-
-def checked_weights(cfg: Config, checkpoint, loaded: Optional[tuple] = None) -> dict:
-    """The state dict of ``cfg``'s segmentor with ``checkpoint`` loaded strictly
-    (:func:`~repseg.mmseg.builder.load_segmentor_weights`), built on the CPU before the
-    Runner, so that a checkpoint that does not fit fails at once."""
-    probe = build_segmentor(cfg)
-    load_segmentor_weights(probe, checkpoint, loaded)
-    return segmentor_of(probe).state_dict()

@@ -30,11 +30,11 @@ from mmengine.logging import print_log
 from ..fileio import write_text_atomically
 from ..logs import quiet_logger
 from ..models.summary import norm_layer_summary
-from .builder import read_segmentor_checkpoint, segmentor_of
+from .builder import checked_weights, read_segmentor_checkpoint, segmentor_of
 from .config import enable_amp, prepare_config
 from .frame_guard import FrameLoadError
 from .hooks import CityscapesLabelIdsHook, PerClassIoUMetric
-from .preflight import PreflightError, checked_weights, config_problems, preflight
+from .preflight import PreflightError, config_problems, preflight
 from .tensorboard import add_tensorboard
 
 __all__ = ['PreflightError', 'build_runner', 'checked_weights', 'config_problems',
