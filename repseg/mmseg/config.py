@@ -49,6 +49,7 @@ def prepare_config(config, cfg_options: Optional[Mapping] = None,
     max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
     apply_cfg_options(cfg, cfg_options)
     follow_max_iters(cfg, max_iters, cfg_options or {})
+    _fit_persistent_workers(cfg)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or str(Path('work_dirs') / Path(config).stem)
     check_output_location(cfg.work_dir, is_folder=True, what='work dir')
@@ -66,6 +67,20 @@ def prepare_config(config, cfg_options: Optional[Mapping] = None,
     imports['imports'] = list(dict.fromkeys([*imports.get('imports', []), *GUARD_MODULES]))
     cfg.custom_imports = imports
     return cfg
+
+
+def _fit_persistent_workers(cfg: Config) -> None:
+    """``persistent_workers=True`` with ``num_workers=0`` (a demo config made single
+    process) is a ``ValueError`` of torch's DataLoader: there is no worker to keep, so
+    the flag goes, with a log line."""
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name)
+        if (isinstance(loader, Mapping) and loader.get('num_workers') == 0
+                and loader.get('persistent_workers') is True):
+            loader['persistent_workers'] = False
+            print_log(f'{name}: num_workers=0 loads in the main process, so '
+                      'persistent_workers=True (kept worker processes) is set to False',
+                      logger='current')
 
 
 def _adapt_to_cpu(cfg: Config) -> None:

@@ -39,6 +39,7 @@ from ..data.validate import DatasetError, check_cityscapes_split
 from ..errors import UserError
 from ..models.arch import canonical_arch_name
 from .backbone import PretrainedNotFoundError, RepVGGBackbone, check_pretrained_exists
+from .config_values import value_problems
 from .frame_guard import default_argument, dataset_frame_rules, leaf_datasets
 
 #: Keys of component configs that are not constructor arguments of the component.
@@ -71,13 +72,14 @@ def preflight(cfg: Config, mode: str, config_name: str = 'the config') -> None:
     """Check a prepared config before the Runner is built; raise :class:`PreflightError`
     listing every problem found (one paragraph each).
 
-    ``mode`` 'train' checks what training builds (:func:`config_problems`), the train
-    and val datasets and the pretrained backbone file; 'test' what testing builds and the
-    test dataset.
+    ``mode`` 'train' checks what training builds (:func:`config_problems`, values by
+    :func:`repseg.mmseg.config_values.value_problems`), the train and val datasets and
+    the pretrained backbone file; 'test' what testing builds and the test dataset.
     """
     if mode not in SECTIONS:
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
     problems = config_problems(cfg, mode)
+    problems += [f'{config_name}: {p}' for p in value_problems(cfg, SECTIONS[mode])]
     problems += dataset_problems(cfg, _loaders(cfg, mode), config_name)
     if mode == 'train':
         problems += pretrained_problems(cfg.model)
