@@ -58,8 +58,16 @@ def ws(tmp_path_factory):
     nan_state = {k: v.float().fill_(float('nan')) if v.is_floating_point() else v
                  for k, v in model.state_dict().items()}
     torch.save({'state_dict': nan_state}, root / 'nan.pth')
+    int8_state = {k: v.to(torch.int8) if v.is_floating_point() else v
+                  for k, v in model.state_dict().items()}
+    torch.save({'state_dict': int8_state}, root / 'int8.pth')
     deploy_segmentor(root / 'narrow.py', root / 'seg.pth', root / 'fused', verify_shape=None)
     torch.save(repseg.create_model('A0', num_classes=5).state_dict(), root / 'a0.pth')
+    a0_state = torch.load(root / 'a0.pth', weights_only=True)
+    inf_state = dict(a0_state, **{'stem.conv3x3.conv.weight': torch.full((48, 3, 3, 3), float('inf'))})
+    torch.save(inf_state, root / 'a0_inf.pth')
+    torch.save({k: v.to(torch.int8) if v.is_floating_point() else v
+                for k, v in a0_state.items()}, root / 'a0_int8.pth')
     (root / 'text.pth').write_text('hello world\n')
     (root / 'empty.pth').write_bytes(b'')
     (root / 'page.pth').write_text('<!DOCTYPE html>\n<html><body>Not Found</body></html>\n')
@@ -249,6 +257,11 @@ CASES = [
     Case('test-out-below-a-file', 'test', SEG + ' --out {ws}/notes.txt/out', 2, 'is a file'),
     Case('test-work-dir-is-a-file', 'test', SEG + ' --work-dir {ws}/notes.txt', 2,
          "work dir '{ws}/notes.txt' is a file"),
+    Case('test-nan-checkpoint', 'test', '{ws}/narrow.py {ws}/nan.pth --work-dir {tmp}/work '
+         '--cfg-options {data}', 2, "checkpoint '{ws}/nan.pth' holds NaN or Inf in"),
+    Case('test-int8-checkpoint', 'test', '{ws}/narrow.py {ws}/int8.pth --work-dir {tmp}/work '
+         '--cfg-options {data}', 2, "checkpoint '{ws}/int8.pth' holds integer tensors where "
+         'the model has floating-point weights: backbone.stem.conv3x3.conv.weight (int8)'),
     # infer
     Case('infer-input-missing', 'infer', SEG + ' {tmp}/nope.png --out-dir {tmp}/out', 2,
          'input not found'),
@@ -273,6 +286,10 @@ CASES = [
          "--out-dir '{ws}/notes.txt' is a file"),
     Case('infer-config-missing', 'infer', '{ws}/nope.py {ws}/seg.pth ' + VAL +
          ' --out-dir {tmp}/out', 2, 'config file not found'),
+    Case('infer-nan-checkpoint', 'infer', '{ws}/narrow.py {ws}/nan.pth ' + VAL +
+         ' --out-dir {tmp}/out', 2, 'holds NaN or Inf in'),
+    Case('infer-int8-checkpoint', 'infer', '{ws}/narrow.py {ws}/int8.pth ' + VAL +
+         ' --out-dir {tmp}/out', 2, 'holds integer tensors'),
     Case('infer-interrupted', 'infer', SEG + f' {VAL} --out-dir {{tmp}}/out', 130,
          'interrupted (Ctrl-C)', fault=interrupt_inference),
     # deploy
@@ -285,6 +302,8 @@ CASES = [
          2, "builds backbone type 'ResNetV1c'"),
     Case('deploy-nan-checkpoint', 'deploy', '{ws}/narrow.py {ws}/nan.pth {tmp}/out', 2,
          'holds NaN or Inf in'),
+    Case('deploy-int8-checkpoint', 'deploy', '{ws}/narrow.py {ws}/int8.pth {tmp}/out', 2,
+         'holds integer tensors'),
     Case('deploy-checkpoint-missing', 'deploy', '{ws}/narrow.py {ws}/missing.pth {tmp}/out', 2,
          'checkpoint file not found'),
     Case('deploy-outputs-exist', 'deploy', SEG + ' {tmp}/out', 2,
@@ -318,6 +337,12 @@ CASES = [
          2, "invalid choice: 'caffe'"),
     Case('convert-no-arch', 'convert', '{ws}/a0.pth {tmp}/out.pth', 2,
          'the following arguments are required: --arch'),
+    Case('convert-inf-checkpoint', 'convert', '{ws}/a0_inf.pth {tmp}/out.pth --arch A0', 2,
+         "'{ws}/a0_inf.pth' holds NaN or Inf in 1 of"),
+    Case('convert-int8-checkpoint', 'convert', '{ws}/a0_int8.pth {tmp}/out.pth --arch A0', 2,
+         'holds integer tensors where the model has floating-point weights'),
+    Case('convert-dst-named-onnx', 'convert', '{ws}/a0.pth {tmp}/a0.onnx --arch A0', 2,
+         "DST '{tmp}/a0.onnx' is named as an ONNX graph"),
     Case('convert-disk-full', 'convert', '{ws}/a0.pth {tmp}/out.pth --arch A0 --force', 1,
          'No space left on device', prepare=existing_file('out.pth'), fault=fail_save),
     Case('convert-interrupted', 'convert', '{ws}/a0.pth {tmp}/out.pth --arch A0', 130,
@@ -335,6 +360,12 @@ CASES = [
          2, "cannot read image '{ws}/notes.txt'"),
     Case('export-classifier-checkpoint', 'export_onnx', '{ws}/narrow.py {ws}/a0.pth {tmp}/m.onnx',
          2, 'holds no backbone weights'),
+    Case('export-out-not-onnx', 'export_onnx', SEG + ' {tmp}/model.pth', 2,
+         'OUT must be an .onnx file, got {tmp}/model.pth'),
+    Case('export-nan-checkpoint', 'export_onnx', '{ws}/narrow.py {ws}/nan.pth {tmp}/m.onnx ' +
+         TINY_EXPORT, 2, 'holds NaN or Inf in'),
+    Case('export-int8-checkpoint', 'export_onnx', '{ws}/narrow.py {ws}/int8.pth {tmp}/m.onnx '
+         + TINY_EXPORT, 2, 'holds integer tensors'),
     Case('export-verification-fails', 'export_onnx', FUSED + ' {tmp}/m.onnx --force ' + TINY_EXPORT,
          1, 'onnxruntime and PyTorch disagree', prepare=existing_file('m.onnx'),
          fault=onnx_output_differs),
@@ -461,6 +492,17 @@ API_CASES = [  # (id, call(ws, tmp), exception type, phrase)
     ('load-other-arch', lambda ws, tmp: repseg.load_checkpoint(
         repseg.create_model('A1', num_classes=5), ws / 'a0.pth'),
      CheckpointMismatchError, 'the checkpoint looks like RepVGG-A0'),
+    ('load-inf-weights', lambda ws, tmp: repseg.load_checkpoint(a0(5), ws / 'a0_inf.pth'),
+     CheckpointError, 'holds NaN or Inf in 1 of'),
+    ('load-nan-state-dict', lambda ws, tmp: repseg.load_checkpoint(
+        a0(5), {k: v * float('nan') for k, v in a0(5).state_dict().items()}),
+     CheckpointError, 'the given state dict holds NaN or Inf in'),
+    ('load-int8-weights', lambda ws, tmp: repseg.load_checkpoint(a0(5), ws / 'a0_int8.pth'),
+     CheckpointError, 'holds integer tensors where the model has floating-point weights: '
+     'stem.conv3x3.conv.weight (int8)'),
+    ('load-int8-weights-fused-on-load', lambda ws, tmp: repseg.load_checkpoint(
+        repseg.create_model('A0', num_classes=5, deploy=True), ws / 'a0_int8.pth'),
+     CheckpointError, 'holds integer tensors'),
     ('convert-onto-itself', lambda ws, tmp: convert_checkpoint(
         ws / 'a0.pth', ws / 'a0.pth', 'A0', force=True),
      FileExistsError, 'is the source checkpoint SRC'),

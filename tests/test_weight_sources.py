@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import socket
+import struct
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ from mmseg.registry import MODELS
 
 import repseg
 from repseg.checkpoint import CheckpointError, CheckpointSourceError
+from repseg.checkpoint.sources import hash_in_name, url_cache_path
 from repseg.mmseg.preflight import pretrained_problems
 from tiny_models import load_tool
 from timm import create_model as timm_create_model  # noqa: I100 (after repseg)
@@ -135,6 +137,110 @@ def test_unreachable_url_names_the_url_and_the_cache_path(torch_home):
     assert url in message and str(torch_home / 'RepVGG-A0-train.pth') in message
     assert isinstance(error.value, FileNotFoundError)
     assert not torch_home.is_dir() or not list(torch_home.iterdir())  # no partial file
+
+
+class _FaultyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``routes[path] = (body, announced length, reset)``: the body, under a
+    Content-Length that may be longer, then a clean close or a connection reset."""
+
+    routes: dict = {}
+
+    def do_GET(self):
+        body, length, reset = self.routes[self.path]
+        self.send_response(200)
+        self.send_header('Content-Length', str(length))
+        self.end_headers()
+        self.wfile.write(body)
+        if reset:  # RST instead of FIN: the reader's next recv fails
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack('ii', 1, 0))
+            self.connection.close()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faulty_server():
+    """``(routes, base_url)`` of a :class:`_FaultyHandler` server on 127.0.0.1."""
+    routes = {}
+    handler = type('Handler', (_FaultyHandler,), {'routes': routes})
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    server.handle_error = lambda request, address: None  # the reset socket, closed twice
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield routes, f'http://127.0.0.1:{server.server_address[1]}'
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope='module')
+def a0_file_bytes(timm_a0, tmp_path_factory):
+    path = tmp_path_factory.mktemp('served') / 'a0.pth'
+    torch.save({'state_dict': timm_a0[0]}, path)
+    return path.read_bytes()
+
+
+def assert_nothing_cached(torch_home):
+    assert not torch_home.is_dir() or not list(torch_home.iterdir())  # nor a temporary file
+
+
+@pytest.mark.parametrize('reset', [False, True], ids=['ends-early', 'connection-reset'])
+def test_download_cut_off_mid_file_is_not_cached(reset, a0_file_bytes, faulty_server,
+                                                torch_home):
+    routes, base = faulty_server
+    routes['/a0.pth'] = (a0_file_bytes[:5000], len(a0_file_bytes), reset)
+    with pytest.raises(CheckpointSourceError) as error:
+        repseg_logits(f'{base}/a0.pth', torch.zeros(1, 3, 32, 32))
+    message = ' '.join(str(error.value).split())
+    assert f'could not download {base}/a0.pth' in message and 'nothing was cached' in message
+    if not reset:
+        assert f'announced {len(a0_file_bytes):,} bytes' in message and 'after 5,000' in message
+    assert_nothing_cached(torch_home)
+
+
+def test_download_whose_hash_differs_from_its_name_is_not_cached(a0_file_bytes, faulty_server,
+                                                                torch_home):
+    routes, base = faulty_server
+    routes['/a0-deadbeef.pth'] = (a0_file_bytes, len(a0_file_bytes), False)
+    with pytest.raises(CheckpointSourceError) as error:
+        repseg_logits(f'{base}/a0-deadbeef.pth', torch.zeros(1, 3, 32, 32))
+    actual = hashlib.sha256(a0_file_bytes).hexdigest()[:8]
+    assert f'sha256 starts with deadbeef, but the {len(a0_file_bytes):,} bytes received ' \
+           f'hash to {actual}' in str(error.value)
+    assert_nothing_cached(torch_home)
+
+
+def test_download_matching_the_hash_in_its_name_is_cached(timm_a0, a0_file_bytes,
+                                                         faulty_server, torch_home):
+    routes, base = faulty_server
+    name = f'a0-{hashlib.sha256(a0_file_bytes).hexdigest()[:8]}.pth'
+    routes[f'/{name}'] = (a0_file_bytes, len(a0_file_bytes), False)
+    assert_timm_logits(f'{base}/{name}', timm_a0)
+    assert [p.name for p in torch_home.iterdir()] == [name]
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('repvgg-A0_8xb32_in1k_20221213-60ae8e23.pth', '60ae8e23'),  # mmpretrain
+    ('resnet18-f37072fd.pth', 'f37072fd'),  # torchvision through torch.hub
+    ('model-20221213.pth', None),  # a date, not a hash
+    ('RepVGG-A0-train.pth', None),
+])
+def test_hash_in_a_url_file_name(name, expected):
+    assert hash_in_name(f'https://example.org/weights/{name}?download=1') == expected
+
+
+def test_truncated_cached_download_is_named_with_its_url(a0_file_bytes, torch_home):
+    url = _refused_url('a0.pth')
+    cached = url_cache_path(url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(a0_file_bytes[:5000])  # as a download cut off before repseg 17 left it
+    with pytest.raises(CheckpointError) as error:
+        repseg_logits(url, torch.zeros(1, 3, 32, 32))
+    message = str(error.value)
+    assert 'truncated' in message and f'cached download of {url}' in message
+    assert f'rm {cached}' in message
 
 
 def test_file_url_reads_the_local_file(timm_a0):

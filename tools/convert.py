@@ -18,7 +18,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('src', help='checkpoint to read')
-    parser.add_argument('dst', help='checkpoint to write (atomically; never SRC itself)')
+    parser.add_argument('dst', help='checkpoint to write (atomically; never SRC itself): '
+                        '.safetensors is written with the safetensors library, any other '
+                        'name (.pth) with torch.save')
     parser.add_argument('--arch', required=True, help="RepVGG arch, e.g. 'B2' or 'RepVGG-B2'")
     parser.add_argument('--to', default='official', choices=LAYOUT_NAMES,
                         help='layout of the output (default: official)')

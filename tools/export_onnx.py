@@ -40,7 +40,12 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action='extend', metavar='KEY=VALUE',
                         help='config overrides, e.g. model.backbone.arch=A0')
     parser.add_argument('--force', action='store_true', help='replace an existing OUT.onnx')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.out.lower().endswith('.onnx'):  # test.py and infer.py go by the suffix
+        parser.error(f'OUT must be an .onnx file, got {args.out}: the file is an ONNX graph, '
+                     'and tools/test.py and tools/infer.py run a model in ONNX Runtime when '
+                     'its name ends in .onnx')
+    return args
 
 
 def check_shapes(shape, dynamic):

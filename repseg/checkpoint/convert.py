@@ -7,13 +7,12 @@ from typing import Union
 
 
 from ..errors import InvalidArgumentError
-from ..fileio import (check_output_location, claim_outputs, refuse_input_as_output,
-                      save_atomically)
+from ..fileio import check_output_location, claim_outputs, refuse_input_as_output
 from ..models.arch import canonical_arch_name
 from ..models.reparam import reparameterize
 from ..models.repvgg import create_model
 from .layouts import CLASSIFIER, LAYOUTS
-from .sources import resolve_checkpoint
+from .sources import SAFETENSORS_SUFFIX, resolve_checkpoint, write_checkpoint_file
 from .loader import (backbone_of_segmentor, detect_layout, export_state_dict,
                      load_checkpoint, read_state_dict, to_repseg_keys)
 
@@ -29,11 +28,13 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
     weights, so a file that does not fit the arch is refused before anything is
     written. A whole-segmentor checkpoint (``tools/train.py``, ``tools/deploy.py``)
     gives its backbone. ``dst`` is written atomically: a crash leaves any old ``dst``
-    intact.
+    intact, in the format its name says: ``.safetensors`` through the safetensors
+    library, anything else through ``torch.save`` (an ``.onnx`` name is refused).
 
     Args:
         src: checkpoint file (raw, ``state_dict`` / ``model`` container, DDP prefixes).
-        dst: output file; its folder must exist; never ``src`` itself.
+        dst: output file (``.pth``, ``.safetensors``, ...); its folder must exist; never
+            ``src`` itself.
         arch: RepVGG arch, e.g. ``'B2'`` or ``'RepVGG-B2'``.
         to: output layout, one of ``'official'``, ``'timm'``, ``'mmpretrain'``, ``'repseg'``.
         deploy: fuse train-time blocks (the output of a fused input is always fused).
@@ -45,7 +46,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
         ``layout_out``, ``fused_out``, ``tensors`` and ``dst``.
 
     Raises:
-        ValueError: unknown ``arch`` or ``to``.
+        ValueError: unknown ``arch`` or ``to``, or a ``dst`` named as another format.
         FileNotFoundError: missing ``src`` or output folder.
         FileExistsError: ``dst`` is ``src`` (also through links), or exists and not
             ``force``.
@@ -57,6 +58,11 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
         raise InvalidArgumentError(f"unknown checkpoint layout {to!r}; choose from "
                                    f"{', '.join(LAYOUTS)}")
     dst = check_output_location(dst, is_folder=False, what='DST')
+    if dst.suffix.lower() == '.onnx':  # the tools would run it in ONNX Runtime
+        raise InvalidArgumentError(
+            f"DST '{dst}' is named as an ONNX graph, but convert writes checkpoints: name "
+            f'it .pth (written with torch.save) or {SAFETENSORS_SUFFIX} (written with the '
+            'safetensors library); ONNX graphs come from tools/export_onnx.py')
     if Path(src).exists():  # before claim_outputs: SRC as DST is refused even with --force
         refuse_input_as_output({'source checkpoint SRC': src}, dst)
     if not dst.parent.is_dir():
@@ -78,7 +84,7 @@ def convert_checkpoint(src: PathLike, dst: PathLike, arch: str, to: str = 'offic
     if deploy:
         reparameterize(model, inplace=True)
     out = export_state_dict(model.state_dict(), to)
-    save_atomically(out, dst)
+    write_checkpoint_file(out, dst)
     return {'arch': arch, 'layout_in': report.layout,
             'fused_in': report.fused_checkpoint, 'num_classes': num_classes,
             'segmentor_heads': len(report.segmentor_heads),

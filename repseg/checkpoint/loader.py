@@ -7,7 +7,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,8 @@ from ..models.arch import ARCH_SETTINGS
 from ..models.block import RepVGGBlock
 from ..models.fusion import BatchNormStats, fold_batch_norm, identity_kernel, sum_branches
 from .layouts import CLASSIFIER, LAYOUTS, KeyLayout
-from .sources import SAFETENSORS_SUFFIX, read_checkpoint_file, resolve_checkpoint
+from .sources import (DOWNLOAD_SCHEMES, SAFETENSORS_SUFFIX, read_checkpoint_file,
+                      resolve_checkpoint, url_scheme)
 
 # All three public implementations build their BNs with PyTorch's default eps.
 BN_EPS = 1e-5
@@ -132,21 +133,28 @@ def load_checkpoint_file(path: Union[str, os.PathLike], what: str = 'checkpoint'
             'be truncated (interrupted download or copy?) or not a PyTorch checkpoint') from error
 
 
-def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str]:
+def read_state_dict(source: Union[str, os.PathLike, Mapping],
+                    name: Optional[str] = None) -> tuple[dict, str]:
     """Read a checkpoint source or take a dict; unwrap containers (``state_dict`` /
     ``model``) and strip DDP ``module.`` prefixes.
 
     A source is a local file (``.safetensors`` read with the safetensors library, others
     with ``torch.load(weights_only=True)``), an http(s) URL (downloaded once into the torch
     hub cache) or a hub name such as ``timm/repvgg_b2.rvgg_in1k``
-    (:mod:`repseg.checkpoint.sources`). Returns the flat state dict and a name for messages.
+    (:mod:`repseg.checkpoint.sources`). Returns the flat state dict and a name for messages
+    (``name`` if given: the file a dict was read from).
+
+    Raises:
+        CheckpointError: no tensors, or a tensor holding NaN or Inf
+            (:func:`refuse_nonfinite_weights`), or an unreadable file (a URL's cached
+            file is named with the URL to fetch it again).
     """
     if isinstance(source, Mapping):
-        obj, name = source, 'the given state dict'
+        obj, name = source, name or 'the given state dict'
     else:
         path = resolve_checkpoint(source)
-        name = f"'{source}'" if str(path) == str(source) else f"'{source}' ({path})"
-        obj = load_checkpoint_file(path)
+        name = name or (f"'{source}'" if str(path) == str(source) else f"'{source}' ({path})")
+        obj = _load_source_file(source, path)
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -163,7 +171,53 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping]) -> tuple[dict, str
         while key.startswith('module.'):
             key = key[len('module.'):]
         state[key] = value
+    refuse_nonfinite_weights(state, name)
     return state, name
+
+
+def _load_source_file(source, path: Path) -> Any:
+    """:func:`load_checkpoint_file` of ``source``'s local file; for a URL, a cached file
+    that cannot be read is named with the URL it came from."""
+    try:
+        return load_checkpoint_file(path)
+    except CheckpointError as error:
+        if url_scheme(source) not in DOWNLOAD_SCHEMES:
+            raise
+        raise CheckpointError(
+            f'{error}. It is the cached download of {source}: delete it (rm {path}) and '
+            'run again to download it anew from that URL') from None
+
+
+def refuse_nonfinite_weights(state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse a state dict with NaN or Inf in any floating-point tensor: no model can
+    predict with it, and loading it would let a tool report results of a broken model."""
+    broken = [key for key, value in state.items()
+              if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(
+            f"{name} holds NaN or Inf in {len(broken)} of {len(state)} tensors (e.g. "
+            f"{', '.join(broken[:3])}): the training run diverged before it was saved, or "
+            'the file is damaged. Use an earlier checkpoint of the run, or get the file '
+            'again')
+
+
+def refuse_integer_weights(state: Mapping[str, torch.Tensor],
+                           target: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse integer tensors where ``target`` (the model's state dict) holds floating
+    point ones (or lacks the key: a branch to fuse), which ``load_state_dict`` would cast
+    silently; BN's ``num_batches_tracked`` counters are integers by nature."""
+    wrong = [f"{key} ({str(value.dtype).replace('torch.', '')})"
+             for key, value in state.items()
+             if not (value.is_floating_point() or key.endswith(OPTIONAL_SUFFIX))
+             and (key not in target or target[key].is_floating_point())]
+    if wrong:
+        shown = ', '.join(wrong[:3]) + (f', ... ({len(wrong)} in all)' if len(wrong) > 3 else '')
+        raise CheckpointError(
+            f'{name} holds integer tensors where the model has floating-point weights: '
+            f'{shown}. Cast to float they would load without a word and be wrong by their '
+            'quantization scale. Give the floating-point checkpoint they were made from '
+            '(INT8 models of tools/quantize.py are .onnx files, run by tools/test.py and '
+            'tools/infer.py)')
 
 
 def backbone_of_segmentor(state: Mapping[str, torch.Tensor],
@@ -334,11 +388,12 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     raw, heads = backbone_of_segmentor(raw, name)
     layout = detect_layout(raw, name)
     state, unknown = to_repseg_keys(raw, layout)
+    target = model.state_dict()
+    refuse_integer_weights(state, target, name)
     report = LoadReport(layout=layout.name, fused_checkpoint=False, unexpected=unknown,
                         segmentor_heads=heads)
     state = _reconcile_fusion(state, model, name, report)
 
-    target = model.state_dict()
     if f'{CLASSIFIER}.weight' not in target:
         report.dropped = [k for k in state if k.startswith(CLASSIFIER + '.')]
         for key in report.dropped:

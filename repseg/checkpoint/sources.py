@@ -7,7 +7,9 @@ A checkpoint *source* is what a user writes in ``load_checkpoint``, an ``init_cf
 * an ``http(s)://`` URL (mmpretrain and the authors publish these): downloaded once into
   the torch hub cache (``$TORCH_HOME/hub/checkpoints/<file name>``, where
   ``torch.hub.load_state_dict_from_url`` and mmengine look too), atomically, with a
-  progress bar;
+  progress bar. A download enters the cache only complete: as long as the server
+  announced (``Content-Length``) and, where the file name carries a hash
+  (``...-60ae8e23.pth``), with a sha256 that starts with it;
 * a Hugging Face hub name (timm publishes RepVGG as ``timm/repvgg_b2.rvgg_in1k``; any
   other owner as ``hf-hub:owner/name``): its ``model.safetensors`` (else
   ``pytorch_model.bin``) through ``huggingface_hub``'s cache (``$HF_HUB_CACHE``, by
@@ -22,6 +24,8 @@ A checkpoint *source* is what a user writes in ``load_checkpoint``, an ``init_cf
 """
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import re
 import urllib.error
@@ -34,6 +38,7 @@ import torch
 from mmengine.logging import print_log
 
 from ..errors import UserError
+from ..fileio import write_atomically
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,6 +50,15 @@ BARE_HUB_OWNERS = ('timm',)
 HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 SAFETENSORS_SUFFIX = '.safetensors'
 _REPO_ID = re.compile(r'[\w.-]+/[\w.-]+')
+#: A file name ending in ``-<hex>.<suffix>`` names the first hex digits of the file's
+#: sha256: torch.hub's ``check_hash`` convention, and the 8 digits of mmpretrain's and
+#: mmengine's published names (``repvgg-A0_8xb32_in1k_20221213-60ae8e23.pth``). At least
+#: one letter is required, so that a date (``-20221213.pth``) is not taken for a hash.
+_HASH_IN_NAME = re.compile(r'-((?=[0-9]*[a-f])[0-9a-f]{8,64})\.[^.]+$')
+#: Bytes read per network read while downloading.
+DOWNLOAD_CHUNK = 1 << 20
+#: Seconds a download may wait for the server before it is given up.
+DOWNLOAD_TIMEOUT = 60
 
 
 class CheckpointSourceError(UserError, FileNotFoundError):
@@ -141,20 +155,62 @@ def resolve_checkpoint(source: PathLike) -> Path:
     return Path(source)
 
 
+def hash_in_name(url: str) -> Optional[str]:
+    """The sha256 prefix a URL's file name carries (see :data:`_HASH_IN_NAME`), or None."""
+    match = _HASH_IN_NAME.search(Path(urllib.parse.urlparse(url).path).name)
+    return match.group(1) if match else None
+
+
+class _IncompleteDownload(ValueError):
+    """A download that ended short of its announced length or hashes to another name."""
+
+
+def _fetch(url: str, path: str) -> None:
+    """Download ``url`` to ``path`` (a temporary file), with a progress bar; raise
+    :class:`_IncompleteDownload` unless it is complete (length and named hash)."""
+    from tqdm import tqdm
+
+    request = urllib.request.Request(url, headers={'User-Agent': 'repseg'})
+    digest, received = hashlib.sha256(), 0
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response, \
+            open(path, 'wb') as file:
+        announced = response.headers.get('Content-Length', '')
+        expected = int(announced) if announced.isdigit() else None
+        with tqdm(total=expected, unit='B', unit_scale=True, unit_divisor=1024,
+                  desc=url_cache_path(url).name) as bar:
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                file.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        file.flush()
+        os.fsync(file.fileno())
+    if expected is not None and received != expected:
+        raise _IncompleteDownload(f'the server announced {expected:,} bytes (Content-Length) '
+                                  f'but the connection ended after {received:,}')
+    prefix = hash_in_name(url)
+    if prefix and not digest.hexdigest().startswith(prefix):
+        raise _IncompleteDownload(
+            f'the file name says its sha256 starts with {prefix}, but the '
+            f'{received:,} bytes received hash to {digest.hexdigest()[:len(prefix)]}... '
+            '(a damaged download, or not the file published under that name)')
+
+
 def _download_once(url: str) -> Path:
     target = url_cache_path(url)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     print_log(f'downloading {url} to {target}', logger='current')
-    try:  # torch writes a temporary file beside the target and moves it when complete
-        torch.hub.download_url_to_file(url, str(target), progress=True)
-    except (urllib.error.URLError, OSError, ValueError) as error:
+    try:  # to a temporary file beside the target, moved there only when complete
+        write_atomically(target, lambda path: _fetch(url, path))
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
         raise CheckpointSourceError(
-            f'could not download {url}: {_reason(error)}. On a machine without network '
-            f'access, download the file elsewhere and put it at {target} (the torch hub '
-            'cache, $TORCH_HOME/hub/checkpoints; the URL is then read from there), or give '
-            'the path of a local copy instead of the URL.') from error
+            f'could not download {url}: {_reason(error)}; nothing was cached, run again '
+            'to retry. On a machine without network access, download the file elsewhere '
+            f'and put it at {target} (the torch hub cache, $TORCH_HOME/hub/checkpoints; the '
+            'URL is then read from there), or give the path of a local copy instead of the '
+            'URL.') from error
     return target
 
 
@@ -196,6 +252,18 @@ def _hub_help(repo_id: str, cache: Path, reason: str) -> str:
             f'folder {folder} into {cache} (the cache HF_HUB_CACHE or HF_HOME/hub names), '
             f'giving {cache / folder}; or download https://huggingface.co/{repo_id}/resolve/'
             f"main/{HUB_WEIGHT_FILES[0]} and give that file's path instead of the hub name.")
+
+
+def write_checkpoint_file(state: dict, path: PathLike) -> None:
+    """Write a state dict atomically in the format :func:`read_checkpoint_file` reads from
+    ``path``'s name: ``.safetensors`` with the safetensors library, else ``torch.save``."""
+    if Path(path).suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save_file
+
+        tensors = {key: value.contiguous() for key, value in state.items()}
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={'format': 'pt'}))
+    else:
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def read_checkpoint_file(path: PathLike):

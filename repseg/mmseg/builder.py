@@ -19,7 +19,8 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
-from ..checkpoint.loader import describe_mismatch, key_mismatch, load_checkpoint_file
+from ..checkpoint.loader import (describe_mismatch, key_mismatch, load_checkpoint_file,
+                                 refuse_integer_weights)
 from .backbone import RepVGGBackbone
 from .config_file import (ConfigKeyError, ConfigSyntaxError, apply_cfg_options, load_config,
                           read_config)
@@ -100,7 +101,7 @@ def read_segmentor_checkpoint(checkpoint) -> tuple[dict, dict]:
     ``module.`` prefixes handled by :func:`repseg.checkpoint.read_state_dict`)."""
     obj = load_checkpoint_file(checkpoint)
     meta = obj.get('meta') if isinstance(obj, Mapping) else None
-    state, _ = read_state_dict(obj)
+    state, _ = read_state_dict(obj, f"checkpoint '{checkpoint}'")
     return state, dict(meta) if isinstance(meta, Mapping) else {}
 
 
@@ -115,6 +116,7 @@ def load_segmentor_weights(model: nn.Module, checkpoint, loaded: Optional[tuple]
     """
     state, meta = loaded or read_segmentor_checkpoint(checkpoint)
     segmentor = segmentor_of(model)
+    refuse_integer_weights(state, segmentor.state_dict(), f"checkpoint '{checkpoint}'")
     backbone = getattr(segmentor, 'backbone', None)
     rest = state
     if isinstance(backbone, RepVGGBackbone):
