@@ -258,18 +258,18 @@ def hf_home(tmp_path, monkeypatch):
     return tmp_path / 'hf_home' / 'hub'
 
 
-def cache_on_hub(cache, repo_id, path):
-    """Lay ``path`` out as huggingface_hub caches a download of ``model.safetensors``: a
-    blob named by its hash, a snapshot link to it and ``refs/main`` naming the commit."""
+def cache_on_hub(cache, repo_id, path, filename='model.safetensors'):
+    """Lay ``path`` out as huggingface_hub caches a download of ``filename``: a blob
+    named by its hash, a snapshot link to it and ``refs/main`` naming the commit."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     data = path.read_bytes()
     blob = repo / 'blobs' / hashlib.sha256(data).hexdigest()
-    blob.parent.mkdir(parents=True)
+    blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(data)
     snapshot = repo / 'snapshots' / COMMIT
-    snapshot.mkdir(parents=True)
-    (snapshot / 'model.safetensors').symlink_to(f'../../blobs/{blob.name}')
-    (repo / 'refs').mkdir()
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / filename).symlink_to(f'../../blobs/{blob.name}')
+    (repo / 'refs').mkdir(exist_ok=True)
     (repo / 'refs' / 'main').write_text(COMMIT)
 
 
@@ -277,6 +277,18 @@ def test_hub_names_read_from_the_offline_cache(timm_a0, hf_home):
     cache_on_hub(hf_home, HUB_NAME, timm_a0[3])
     assert_timm_logits(HUB_NAME, timm_a0)
     assert_timm_logits(f'hf-hub:{HUB_NAME}', timm_a0)
+
+
+def test_hub_name_prefers_the_cached_safetensors_over_pytorch_model_bin(timm_a0, hf_home,
+                                                                       tmp_path):
+    """Both files cached (as a hub repository publishing both leaves them): the
+    safetensors file is read, not the pickle-based .bin, which holds other weights here."""
+    other = {k: torch.zeros_like(v) if v.is_floating_point() else v
+             for k, v in timm_a0[0].items()}
+    torch.save(other, tmp_path / 'pytorch_model.bin')
+    cache_on_hub(hf_home, HUB_NAME, tmp_path / 'pytorch_model.bin', 'pytorch_model.bin')
+    cache_on_hub(hf_home, HUB_NAME, timm_a0[3])
+    assert_timm_logits(HUB_NAME, timm_a0)
 
 
 def test_uncached_hub_name_offline_says_where_to_put_it(hf_home):
