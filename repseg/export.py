@@ -36,7 +36,8 @@ from mmengine.config import ConfigDict
 
 from .errors import InvalidArgumentError, VerificationError
 from .fileio import write_atomically
-from .inference import prepare_for_inference, remove_input_cast
+from .inference import labels_of, predict_sample, prepare_for_inference, remove_input_cast
+from .onnx_backend import OnnxGraph
 
 DEFAULT_OPSET = 17
 #: Largest accepted ``max |onnxruntime - torch|`` on logits.
@@ -161,8 +162,8 @@ def export_verified(model: nn.Module, out: PathLike, images: Sequence[np.ndarray
     def write(path: str) -> None:
         wrapper = export_onnx(model, path, images[0].shape[:2], dynamic=dynamic,
                               labels=labels, opset=opset)
-        session = onnx_session(path)
-        checks.extend(verify_onnx(path, wrapper, image, session) for image in images)
+        graph = OnnxGraph(path)
+        checks.extend(verify_onnx(path, wrapper, image, graph) for image in images)
         if not all(check.passed for check in checks):
             raise OnnxVerificationError(
                 'onnxruntime and PyTorch disagree beyond the tolerance: '
@@ -173,26 +174,6 @@ def export_verified(model: nn.Module, out: PathLike, images: Sequence[np.ndarray
 
     write_atomically(out, write)
     return checks
-
-
-def onnx_session(model: Union[PathLike, bytes], threads: Optional[int] = None):
-    """An onnxruntime CPU inference session for a model file (or its serialized bytes),
-    on ``threads`` intra-op threads (None: onnxruntime's default, one per core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=['CPUExecutionProvider'])
-
-
-def run_onnx(session, image: np.ndarray) -> np.ndarray:
-    """Run a session on one ``(N, 3, H, W)`` float32 batch; returns its only output."""
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: np.ascontiguousarray(image, dtype=np.float32)})[0]
 
 
 def load_image(path: PathLike, shape: Optional[Sequence[int]] = None) -> np.ndarray:
@@ -233,18 +214,14 @@ def image_batch(image: np.ndarray) -> np.ndarray:
     return image.transpose(2, 0, 1)[None].astype(np.float32)
 
 
-@torch.no_grad()
 def torch_reference(model: nn.Module, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``(classes, H, W)`` and labels ``(H, W)`` from mmseg's predict path.
 
     ``model`` should be the fused copy (:class:`SegmentorForExport`'s ``segmentor``),
     with its test mode set to 'whole'.
     """
-    inputs = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    data = model.data_preprocessor(dict(inputs=[inputs]), False)
-    sample = model.predict(data['inputs'])[0]
-    return (sample.seg_logits.data.float().cpu().numpy(),
-            sample.pred_sem_seg.data[0].cpu().numpy())
+    sample = predict_sample(model, image)
+    return (sample.seg_logits.data.float().cpu().numpy(), labels_of([sample])[0].cpu().numpy())
 
 
 @dataclass
@@ -272,10 +249,9 @@ class OnnxCheck:
 
 
 def verify_onnx(path: PathLike, wrapper: SegmentorForExport, image: np.ndarray,
-                session=None) -> OnnxCheck:
+                graph: Optional[OnnxGraph] = None) -> OnnxCheck:
     """Compare onnxruntime's output on ``image`` with mmseg's predict path in PyTorch."""
-    session = session or onnx_session(path)
-    output = run_onnx(session, image_batch(image))[0]
+    output = (graph or OnnxGraph(path)).run(image_batch(image))[0]
     logits, labels = torch_reference(wrapper.segmentor, image)
     if wrapper.labels:
         return OnnxCheck(tuple(image.shape[:2]), None,

@@ -19,7 +19,8 @@ testable without a GPU, only slowly; bfloat16 is much faster on CPUs with AMX
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional, Union
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -110,14 +111,33 @@ def _cast_parameters(model: nn.Module, dtype: Optional[torch.dtype],
             target.to(memory_format=memory_format)
 
 
-def cpu_has_fast_bfloat16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX). Without
-    it bfloat16 convs are emulated: on an AVX2-only CPU a 3x3 conv (256 channels,
-    64x128) took 42 s in bfloat16 against 0.15 s in float32 (docs/quantization.md)."""
+def cpu_flags() -> Optional[frozenset]:
+    """The instruction-set flags of this CPU (Linux ``/proc/cpuinfo``), None elsewhere."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('flags'):
+                return frozenset(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+#: CPU flags of native bfloat16 arithmetic: AVX512-BF16, AMX-BF16, AVX-NE-CONVERT.
+BFLOAT16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16', 'avx_ne_convert'})
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16, AMX-BF16 or
+    AVX-NE-CONVERT). Without them bfloat16 convs are emulated: on an AVX2-only CPU a 3x3
+    conv (256 channels, 64x128) took 42 s in bfloat16 against 0.15 s in float32
+    (docs/quantization.md). oneDNN's own check also answers yes for plain AVX-512, where
+    it emulates bfloat16; the CPU's flags decide where they can be read."""
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+    flags = cpu_flags()
+    return supported if flags is None else supported and bool(flags & BFLOAT16_FLAGS)
 
 
 def cpu_has_fast_float16() -> bool:
@@ -193,16 +213,25 @@ def _as_chw_tensor(image: Image) -> torch.Tensor:
                     f'{type(image).__name__} {getattr(image, "shape", "")}')
 
 
-@torch.no_grad()
-def predict_labels(model: nn.Module, image: Image) -> torch.Tensor:
-    """The ``H x W`` int64 label map mmseg's predict path gives for one image.
+def labels_of(samples: Sequence) -> torch.Tensor:
+    """The ``N x H x W`` label maps of mmseg's predictions (``SegDataSample.pred_sem_seg``),
+    in their dtype and on their device: the one place repseg reads them."""
+    return torch.stack([sample.pred_sem_seg.data[0] for sample in samples])
 
-    The image goes through the model's own data preprocessor (normalization, channel
-    order), then ``model.predict``; the test mode ('whole' or 'slide') is the model's.
-    """
+
+@torch.no_grad()
+def predict_sample(model: nn.Module, image: Image):
+    """mmseg's prediction (a ``SegDataSample``: ``seg_logits``, ``pred_sem_seg``) for one
+    image, through the model's own data preprocessor (normalization, channel order) and
+    ``model.predict`` in the model's test mode ('whole' or 'slide')."""
     data = model.data_preprocessor(dict(inputs=[_as_chw_tensor(image)]), False)
-    sample = model.predict(data['inputs'], data.get('data_samples'))[0]
-    return sample.pred_sem_seg.data[0].long().cpu()
+    return model.predict(data['inputs'], data.get('data_samples'))[0]
+
+
+def predict_labels(model: nn.Module, image: Image) -> torch.Tensor:
+    """The ``H x W`` int64 label map mmseg's predict path gives for one image
+    (:func:`predict_sample`)."""
+    return labels_of([predict_sample(model, image)])[0].long().cpu()
 
 
 def prediction_agreement(model_a: nn.Module, model_b: nn.Module,

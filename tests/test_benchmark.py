@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from repseg.benchmark import (BenchmarkSettings, benchmark_classifiers, benchmark_pooling,
-                              benchmark_segmentors, format_table)
+from repseg.speed.benchmark import (BenchmarkSettings, benchmark_classifiers,
+                                    benchmark_pooling, benchmark_segmentors)
+from repseg.speed.report import records_table
 from tiny_models import TINY_CONFIG, load_tool, one_cpu_thread  # noqa: F401  (fixture)
 
 JSON_FIELDS = {'name', 'config', 'arch', 'fused', 'dtype', 'channels_last', 'batch', 'shape',
@@ -38,7 +39,7 @@ def test_fp16_channels_last_segmentor_runs_on_cpu():
     [record] = benchmark_segmentors([TINY_CONFIG], settings)
     assert record.dtype == 'float16' and record.channels_last and record.fused
     assert record.gflops is None and record.tflops is None
-    table = format_table([record])
+    table = records_table([record])
     assert 'pspnet_repvgg_a0_tiny (fused)' in table and '| float16 CL |' in table
 
 

@@ -68,17 +68,17 @@ def test_gpu_check_without_the_openmmlab_stack_exits_2_naming_the_wheels(tmp_pat
 
 
 def test_copies_of_library_constants_in_the_tools_agree():
-    from repseg import benchmark, export
+    from repseg import export
+    from repseg.fast_inference import COMPILE_VARIANTS, VARIANTS
+    from repseg.speed import benchmark, models
 
     assert load_tool('convert').LAYOUT_NAMES == tuple(LAYOUTS)
     assert load_tool('export_onnx').DEFAULT_OPSET == export.DEFAULT_OPSET
     tool = load_tool('benchmark')
     assert tool.DEFAULT_SHAPE == benchmark.DEFAULT_SHAPE
     assert tool.CLS_DEFAULTS == benchmark.CLS_DEFAULTS
-    assert tool.TORCHVISION_CLASSIFIERS == benchmark.TORCHVISION_CLASSIFIERS
-    from repseg.fast_inference.variants import COMPILE_VARIANTS, VARIANTS
-
-    assert load_tool('speed_variants').VARIANT_NAMES == (*VARIANTS, *COMPILE_VARIANTS)
+    assert tool.TORCHVISION_CLASSIFIERS == models.TORCHVISION_CLASSIFIERS
+    assert tool.VARIANT_NAMES == (*VARIANTS, *COMPILE_VARIANTS)
     from repseg import quantization
 
     tool = load_tool('quantize')
@@ -286,8 +286,9 @@ def onnx_runs(tmp_path_factory):
     mmseg's registry before the tool does. Returns the folder, the image, the processes'
     results and the model's labels from ONNX Runtime called directly (the oracle)."""
     import cv2
+    import onnxruntime as ort
 
-    from repseg.export import export_onnx, image_batch, onnx_session
+    from repseg.export import export_onnx, image_batch
     from tiny_models import spread_predictions
 
     folder = tmp_path_factory.mktemp('onnx_cli')
@@ -303,7 +304,8 @@ def onnx_runs(tmp_path_factory):
     export_onnx(model, folder / 'm.onnx', (64, 128))
     image_path = next((folder / 'toy' / 'leftImg8bit' / 'val').rglob('*.png'))
     image = cv2.imread(str(image_path))
-    output = onnx_session(folder / 'm.onnx', threads=1).run(None, {'image': image_batch(image)})
+    session = ort.InferenceSession(str(folder / 'm.onnx'), providers=['CPUExecutionProvider'])
+    output = session.run(None, {'image': image_batch(image)})
     tools, config, model_file = ROOT / 'tools', folder / 'narrow.py', folder / 'm.onnx'
     commands = {
         'infer': [tools / 'infer.py', config, model_file, image_path, '--out-dir',

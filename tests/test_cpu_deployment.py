@@ -15,7 +15,7 @@ import onnx
 import pytest
 import torch
 
-from repseg.export import image_batch, onnx_session
+from repseg.export import image_batch
 from repseg.inference import predict_labels
 from repseg.mmseg.builder import load_config
 from repseg.models.reparam import reparameterize
@@ -75,8 +75,14 @@ def label_path(toy_root, image_path):
 
 
 def ort_labels(path, image):
-    """Labels of an ONNX segmentor called directly (logits output, arg-max here)."""
-    output = onnx_session(path, threads=1).run(None, {'image': image_batch(image)})[0]
+    """Labels of an ONNX segmentor, ONNX Runtime called directly (logits output, arg-max
+    here): not through repseg's wrapper, which the tools use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    output = session.run(None, {'image': image_batch(image)})[0]
     return output.argmax(axis=1)[0]
 
 

@@ -21,7 +21,7 @@ from repseg.fast_inference import conv_relu as conv_relu_module
 from repseg.fast_inference.conv_relu import ConvBNReLU, Conv2dReLU, use_conv_relu
 from repseg.fast_inference.psp_head import interpolation_matrix, use_factored_psp_head
 from repseg.fast_inference.resize_argmax import FusedResizeArgmax, resize_argmax
-from repseg.fast_inference.variants import smooth_inputs
+from repseg.speed.models import smooth_inputs
 from repseg.inference import prepare_for_inference
 from repseg.models.block import RepVGGBlock
 from tiny_models import TINY_CONFIG, load_tool, tf32, tiny_segmentor
@@ -205,32 +205,38 @@ def test_fused_resize_argmax_matches_eager_on_a_real_size_map(dtype):
     assert torch.equal(labels[clear], eager[clear])
 
 
-def test_speed_variants_tool_times_each_path_against_the_fp32_reference(tmp_path, capsys):
-    tool = load_tool('speed_variants')
+def test_benchmark_variants_times_each_path_against_the_fp32_reference(tmp_path, capsys):
     out = tmp_path / 'variants.json'
-    tool.main([str(TINY_CONFIG), '--shape', '48', '64', '--device', 'cpu', '--dtype', 'fp32',
-               '--warmup', '0', '--iters', '1', '--rounds', '1', '--json', str(out),
-               '--variants', 'mmseg predict', 'predictor', '+conv_relu', '+cuda_graph'])
+    load_tool('benchmark').main([
+        str(TINY_CONFIG), '--shape', '48', '64', '--device', 'cpu', '--warmup', '0',
+        '--iters', '1', '--rounds', '1', '--json', str(out), '--variants', 'mmseg predict',
+        'predictor', '+conv_relu', '+cuda_graph'])
     result = json.loads(out.read_text())
-    records = {r['name']: r for r in result['records']}
+    records = {r['variant']: r for r in result['records']}
     assert list(records) == ['mmseg predict', 'predictor', '+conv_relu', '+cuda_graph']
     assert result['reference_classes'] > 2  # BN calibration: varied predictions
     # fused fp32 NCHW is the reference itself: identical labels; the BN fold rounds
-    assert records['mmseg predict']['agreement'] == records['predictor']['agreement'] == 1
-    assert records['+conv_relu']['agreement'] >= 0.999
+    assert records['mmseg predict']['label_agreement'] == 1
+    assert records['predictor']['label_agreement'] == 1
+    assert records['+conv_relu']['label_agreement'] >= 0.999
     assert records['+cuda_graph']['outcomes'] == {'cuda_graph': dict(
         applied=False, detail='inputs on cpu, CUDA graphs need CUDA')}
-    assert all(r['fps'] > 0 and r['speedup'] > 0 for r in records.values())
+    assert records['+conv_relu']['options'] == ['conv_relu']
+    assert all(r['fps'] > 0 and r['fps_ratio'] > 0 and r['iters'] == 1
+               for r in records.values())
     printed = capsys.readouterr().out
-    assert '| +conv_relu |' in printed and 'Options that did not take effect' in printed
+    assert '| +conv_relu ' in printed and 'Options that did not take effect' in printed
 
 
-def test_speed_variants_tool_refuses_unknown_variants(capsys):
+def test_speed_variants_alias_points_to_benchmark_and_refuses_unknown_variants(capsys):
     tool = load_tool('speed_variants')
     with pytest.raises(SystemExit) as exit_info:
         tool.main([str(TINY_CONFIG), '--device', 'cpu', '--variants', 'turbo'])
     assert exit_info.value.code == 2
-    assert "unknown variants ['turbo']" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "unknown variants ['turbo']" in captured.err
+    assert captured.out.startswith('tools/speed_variants.py is now: tools/benchmark.py ')
+    assert '--variants turbo' in captured.out and '--fp16 --channels-last' in captured.out
 
 
 # ---------------------------------------------------------------------------------- CUDA

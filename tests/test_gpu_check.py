@@ -13,8 +13,8 @@ from repseg.gpu_check import GpuCheck
 from repseg.gpu_check.layout import StepResult
 from repseg.gpu_check.steps import Step
 from repseg.speed.matrix import PREDICT, Key, full_plan, plan_keys, smoke_plan
+from repseg.speed.goals import GOALS, evaluate, keys_to_profile
 from repseg.speed.report import matrix_markdown
-from repseg.speed.targets import TARGETS, evaluate, keys_to_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_STEPS = ['environment', 'matrix', 'profile', 'toy-city', 'train', 'resume', 'test',
@@ -71,11 +71,11 @@ def test_smoke_matrix_covers_the_plan_and_judges_every_target(smoke):
     assert measured == expected and not matrix['errors'] and matrix['finished']
     assert matrix['matmul']['tflops'] > 0
     targets = smoke['results']['targets']
-    assert [t['name'] for t in targets] == [t.name for t in TARGETS]
+    assert [t['name'] for t in targets] == [t.name for t in GOALS]
     assert all(t['met'] in (True, False) and t['value'] > 0 for t in targets)
     summary = smoke['summary']
     assert 'CPU smoke run' in summary and '## Targets' in summary
-    for target in TARGETS:
+    for target in GOALS:
         assert target.text in summary
     profile = (smoke['out'] / 'profile.txt').read_text()
     assert 'Self CPU' in profile and 'aten::' in profile
@@ -186,3 +186,21 @@ def test_environment_probe_reports_versions_and_imports():
     assert list(env['imports']) == list(PROBED_IMPORTS)
     assert env['imports']['repseg'] is True and env['imports']['distutils.errors'] is True
     assert env['mmseg_version'] and env['device_name']
+
+
+def test_out_dir_below_a_file_is_a_user_error_and_writes_nothing(tmp_path, capsys):
+    """An OUT_DIR that cannot be created: one error (exit 2) before any folder is made
+    (the default work dir in the checkout included)."""
+    from tiny_models import load_tool
+
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    default_work = ROOT / 'work_dirs' / 'gpu_check'
+    before = sorted(default_work.rglob('*')) if default_work.exists() else None
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('gpu_check').main(['--smoke', str(blocker / 'out')])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: OUT_DIR ') and 'is a file' in err
+    assert sorted(tmp_path.iterdir()) == [blocker]
+    assert (sorted(default_work.rglob('*')) if default_work.exists() else None) == before

@@ -62,3 +62,16 @@ def test_channels_last_hook_is_replaced_not_stacked(segmentor):
     model = prepare_for_inference(copy.deepcopy(segmentor), channels_last=True)
     prepare_for_inference(model, channels_last=True)
     assert len(model.backbone._forward_pre_hooks) == 1
+
+
+@pytest.mark.parametrize('flags, native', [
+    ({'avx2', 'fma'}, False),                           # AMD EPYC of docs/quantization.md
+    ({'avx2', 'avx512f', 'avx512bw', 'avx512_vnni'}, False),  # AVX-512 without BF16
+    ({'avx512f', 'avx512_bf16', 'amx_bf16'}, True),     # this Xeon
+])
+def test_bfloat16_is_native_only_with_its_cpu_flags(flags, native, monkeypatch):
+    import repseg.inference as inference
+
+    monkeypatch.setattr(inference, 'cpu_flags', lambda: frozenset(flags))
+    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: True)
+    assert inference.cpu_has_fast_bfloat16() is native

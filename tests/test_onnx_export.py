@@ -5,9 +5,9 @@ import onnx
 import pytest
 import torch
 
-from repseg.export import (export_onnx, image_batch, onnx_session, run_onnx, synthetic_image,
-                           verify_onnx)
+from repseg.export import export_onnx, image_batch, synthetic_image, verify_onnx
 from repseg.inference import prepare_for_inference
+from repseg.onnx_backend import OnnxGraph
 from repseg.models.block import RepVGGBlock
 from tiny_models import (TINY_CONFIG, load_tool, one_cpu_thread,  # noqa: F401 (fixture)
                          tiny_segmentor)
@@ -43,12 +43,12 @@ def test_logits_match_and_graph_is_fused(segmentor, tmp_path):
 def test_dynamic_labels_match_torch_argmax(segmentor, tmp_path):
     path = tmp_path / 'tiny_labels.onnx'
     wrapper = export_onnx(segmentor, path, SHAPE, dynamic=True, labels=True)
-    session = onnx_session(path)
+    graph = OnnxGraph(path)
     for shape in [SHAPE, (61, 37)]:  # a size the example never had, odd on purpose
-        check = verify_onnx(path, wrapper, synthetic_image(shape, seed=1), session)
+        check = verify_onnx(path, wrapper, synthetic_image(shape, seed=1), graph)
         assert check.label_agreement >= 0.999, (shape, check)
     batch = image_batch(synthetic_image(SHAPE)).repeat(2, axis=0)
-    labels = run_onnx(session, batch)
+    labels = graph.run(batch)
     assert labels.shape == (2, *SHAPE) and labels.dtype.name == 'uint8'
 
 

@@ -48,8 +48,12 @@ def run(args) -> int:
         print(json.dumps(probe_environment()))
         return 0
     from repseg.errors import InvalidArgumentError
+    from repseg.fileio import check_output_location
     from repseg.gpu_check import GpuCheck
 
+    check_output_location(args.out_dir, is_folder=True, what='OUT_DIR')
+    if args.work_dir:
+        check_output_location(args.work_dir, is_folder=True, what='--work-dir')
     budget = args.budget or (600 if args.smoke else 540)
     only = args.steps.split(',') if args.steps else None
     check = GpuCheck(args.out_dir, args.work_dir, smoke=args.smoke, budget=budget,

@@ -1,7 +1,7 @@
 """Fast segmentation inference on fixed-size batches: optional speed paths behind one set
 of options, with a report of which took effect and why not.
 
-    model = build_benchmark_segmentor('configs/pspnet_repvgg_b2.py', device='cuda')
+    model = build_segmentor_to_time('configs/pspnet_repvgg_b2.py', device='cuda')
     prepare_for_inference(model, fp16=True, channels_last=True)   # fuse, cast, fast pooling
     predictor = SegmentationPredictor(model, inputs, SpeedOptions.all())
     labels = predictor(inputs)              # N x H x W int64, mmseg's 'whole' predict path
@@ -24,8 +24,12 @@ path with the reason kept where it cannot run:
 - ``compile_model``: ``torch.compile`` of the whole labels function (opt-in: compiling a
   big model takes minutes; it subsumes ``resize_argmax``).
 
-:mod:`.variants` times them side by side for one config (``tools/speed_variants.py``).
+:data:`VARIANTS` names the call paths (mmseg's predict, the predictor, each option,
+all); :mod:`repseg.speed.variants` times them side by side for one config
+(``tools/benchmark.py CONFIG --variants``). This package times nothing itself.
 """
-from .predictor import Outcome, SegmentationPredictor, SpeedOptions, SpeedReport
+from .predictor import (COMPILE_VARIANTS, OPTION_VARIANTS, VARIANTS, Outcome,
+                        SegmentationPredictor, SpeedOptions, SpeedReport)
 
-__all__ = ['Outcome', 'SegmentationPredictor', 'SpeedOptions', 'SpeedReport']
+__all__ = ['COMPILE_VARIANTS', 'OPTION_VARIANTS', 'Outcome', 'SegmentationPredictor',
+           'SpeedOptions', 'SpeedReport', 'VARIANTS']

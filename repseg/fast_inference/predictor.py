@@ -47,6 +47,27 @@ class SpeedOptions:
         return [f.name for f in fields(self) if getattr(self, f.name)]
 
 
+#: The call paths by name, in timing order: mmseg's ``model.predict`` (None), the predictor
+#: without options, each option alone, and all four (``variant`` means a call path).
+VARIANTS = {
+    'mmseg predict': None,
+    'predictor': SpeedOptions(),
+    '+conv_relu': SpeedOptions(conv_relu=True),
+    '+factored_psp': SpeedOptions(factored_psp=True),
+    '+resize_argmax': SpeedOptions(resize_argmax=True),
+    '+cuda_graph': SpeedOptions(cuda_graph=True),
+    'all': SpeedOptions.all(),
+}
+#: The call paths with ``torch.compile`` (opt-in: minutes of compiling for a big model).
+COMPILE_VARIANTS = {
+    '+compile_model': SpeedOptions(compile_model=True),
+    'all + compile_model': SpeedOptions.all(compile_model=True),
+}
+#: Every call path that goes through the predictor (all but mmseg's predict).
+OPTION_VARIANTS = tuple(name for name, options in {**VARIANTS, **COMPILE_VARIANTS}.items()
+                        if options is not None)
+
+
 @dataclass
 class Outcome:
     """What became of one requested option: ``applied``, and what it did or why not."""

@@ -43,7 +43,7 @@ def probe_environment() -> dict:
                    multiprocessors=properties.multi_processor_count,
                    cudnn=torch.backends.cudnn.version(), nvidia_smi=_nvidia_smi())
     else:
-        from ..benchmark import cpu_model_name
+        from ..speed.timing import cpu_model_name
 
         env['device_name'] = cpu_model_name()
     return env

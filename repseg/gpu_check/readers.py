@@ -1,18 +1,17 @@
 """Turn each step's outputs (log, JSON, checkpoint) into its result: a one-line note,
 details for results.json, and a failure when the step ran but did not do its job (a
-non-finite loss, SyncBN not kept, no AMP state, a matrix with errors, ...)."""
+non-finite loss, SyncBN not kept, no AMP state, a matrix with errors, ...).
+
+Every reader takes the run's :class:`~.steps.GpuCheck` (``check``) and the step's
+:class:`~.layout.StepResult`; this module does not import :mod:`.steps`, which imports it.
+"""
 from __future__ import annotations
 
 import json
 import re
 import shutil
 import xml.etree.ElementTree as ElementTree
-from typing import TYPE_CHECKING
-
 from .layout import PROFILE, StepResult
-
-if TYPE_CHECKING:
-    from .steps import GpuCheck
 
 
 def _read_json_line(text: str) -> dict:
@@ -22,7 +21,7 @@ def _read_json_line(text: str) -> dict:
     raise ValueError('no JSON line in the output')
 
 
-def read_environment(check: GpuCheck, result: StepResult) -> None:
+def read_environment(check, result: StepResult) -> None:
     check.environment = _read_json_line((check.logs / result.log).read_text())
     env = check.environment
     missing = [name for name, ok in env.get('imports', {}).items() if ok is not True]
@@ -36,7 +35,7 @@ def read_environment(check: GpuCheck, result: StepResult) -> None:
         result.status = 'failed'
 
 
-def read_partial_matrix(check: GpuCheck) -> None:
+def read_partial_matrix(check) -> None:
     path = check.logs / 'matrix.json'
     if path.is_file():
         try:
@@ -45,7 +44,7 @@ def read_partial_matrix(check: GpuCheck) -> None:
             pass
 
 
-def read_matrix(check: GpuCheck, result: StepResult) -> None:
+def read_matrix(check, result: StepResult) -> None:
     read_partial_matrix(check)
     if not check.matrix:
         result.note = 'no matrix JSON written'
@@ -61,14 +60,14 @@ def read_matrix(check: GpuCheck, result: StepResult) -> None:
         result.status = 'failed'
 
 
-def read_profile(check: GpuCheck, result: StepResult) -> None:
+def read_profile(check, result: StepResult) -> None:
     text = (check.logs / result.log).read_text(errors='replace')
     tables = len(re.findall(r'^profiled ', text, flags=re.M))
     result.details = dict(tables=tables)
     result.note = f'{tables} tables in {PROFILE}' if tables else 'nothing to profile'
 
 
-def read_pytest(check: GpuCheck, result: StepResult) -> None:
+def read_pytest(check, result: StepResult) -> None:
     """Counts and failed tests from pytest's XML report, else from its verbose log (a
     killed run writes no report)."""
     report = check.logs / 'pytest_cuda.xml'
@@ -94,7 +93,7 @@ def read_pytest(check: GpuCheck, result: StepResult) -> None:
                    + ('' if report.is_file() else ' (read from the log: no XML report)'))
 
 
-def read_toy_city(check: GpuCheck, result: StepResult) -> None:
+def read_toy_city(check, result: StepResult) -> None:
     images = list(check.path('toy_city', 'leftImg8bit').rglob('*_leftImg8bit.png'))
     result.note = f'{len(images)} frames'
 
@@ -102,7 +101,7 @@ def read_toy_city(check: GpuCheck, result: StepResult) -> None:
 _LOSS = re.compile(r'Iter\(train\)\s*\[\s*(\d+)/\s*\d+\].*?\bloss: ([-+0-9.eE]+|nan|inf)')
 
 
-def _read_training(check: GpuCheck, result: StepResult, iters: int) -> list:
+def _read_training(check, result: StepResult, iters: int) -> list:
     text = (check.logs / result.log).read_text(errors='replace')
     losses = [(int(i), float(loss)) for i, loss in _LOSS.findall(text)]
     norms = re.findall(r'normalization layers: (.+)', text)
@@ -137,11 +136,11 @@ def _read_training(check: GpuCheck, result: StepResult, iters: int) -> list:
     return losses
 
 
-def read_train(check: GpuCheck, result: StepResult) -> None:
+def read_train(check, result: StepResult) -> None:
     _read_training(check, result, check.sizes.first_iters)
 
 
-def read_resume(check: GpuCheck, result: StepResult) -> None:
+def read_resume(check, result: StepResult) -> None:
     losses = _read_training(check, result, check.sizes.total_iters)
     text = (check.logs / result.log).read_text(errors='replace')
     resumed = 'resumed' in text.lower() and (not losses or losses[0][0] > check.sizes.first_iters)
@@ -151,7 +150,7 @@ def read_resume(check: GpuCheck, result: StepResult) -> None:
         result.note += f'; did not resume from iteration {check.sizes.first_iters}'
 
 
-def read_test(check: GpuCheck, result: StepResult) -> None:
+def read_test(check, result: StepResult) -> None:
     folder = 'test_fp16' if result.name == 'test-fp16' else 'test'
     metrics = json.loads(check.path(folder, 'metrics.json').read_text())
     shutil.copy(check.path(folder, 'metrics.json'), check.logs / f'metrics_{folder}.json')
@@ -162,26 +161,26 @@ def read_test(check: GpuCheck, result: StepResult) -> None:
         result.note += f" (fp32: mIoU {fp32.get('mIoU')}, aAcc {fp32.get('aAcc')})"
 
 
-def read_deploy(check: GpuCheck, result: StepResult) -> None:
+def read_deploy(check, result: StepResult) -> None:
     config, checkpoint = check.deploy_files()
     result.note = f'wrote {checkpoint.name} and {config.name}' if checkpoint.is_file() \
         else 'no fused checkpoint written'
 
 
-def read_infer(check: GpuCheck, result: StepResult) -> None:
+def read_infer(check, result: StepResult) -> None:
     text = (check.logs / result.log).read_text(errors='replace')
     done = re.findall(r'done: .*', text)
     result.note = done[-1] if done else 'no summary line'
 
 
-def read_export(check: GpuCheck, result: StepResult) -> None:
+def read_export(check, result: StepResult) -> None:
     text = (check.logs / result.log).read_text(errors='replace')
     diffs = re.findall(r'max \|onnxruntime - torch\| on logits = ([0-9.eE+-]+)', text)
     result.details = dict(max_abs_diff=[float(d) for d in diffs])
     result.note = f"max |onnxruntime - torch| on logits: {', '.join(diffs) or 'not printed'}"
 
 
-def read_compile(check: GpuCheck, result: StepResult) -> None:
+def read_compile(check, result: StepResult) -> None:
     path = check.logs / 'compile.json'
     if path.is_file():
         check.compiled = json.loads(path.read_text())

@@ -23,6 +23,7 @@ from ..fileio import write_atomically, write_text_atomically
 from . import readers
 from .layout import (GPU_SIZES, LOGS_ARCHIVE, PROFILE, RESULTS, SMOKE_SIZES, SUMMARY,
                      StepResult)
+from .summary import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = 'configs/demo/pspnet_repvgg_a0_toycity_512x1024.py'
@@ -147,16 +148,17 @@ class GpuCheck:
                      '--work-dir', str(self.path('train'))] + ([] if smoke else ['--amp'])
         checkpoint = self.path('train', f'iter_{sizes.total_iters}.pth')
         deploy_cfg, deploy_ckpt = self.deploy_files()
-        smoke_flag = ['--smoke'] if smoke else []
+        matrix = ['--matrix', '--force', *(['--smoke'] if smoke else []), '--device',
+                  self.device]
         steps = [
             Step('environment', 'versions, GPU, packages', self.tool(
                 'gpu_check.py', '--probe-environment'), 90, 10, readers.read_environment),
             Step('matrix', 'benchmark matrix', self.tool(
-                'speed_matrix.py', '--force', *smoke_flag, '--device', self.device, '--json',
-                self.logs / 'matrix.json'), 330, 200, readers.read_matrix),
+                'benchmark.py', *matrix, '--json', self.logs / 'matrix.json'), 330, 200,
+                readers.read_matrix),
             Step('profile', 'profiles of missed targets', self.tool(
-                'speed_matrix.py', '--force', *smoke_flag, '--device', self.device, '--profile',
-                self.logs / 'matrix.json', '--profile-out', self.out_dir / PROFILE,
+                'benchmark.py', *matrix, '--profile', self.logs / 'matrix.json',
+                '--profile-out', self.out_dir / PROFILE,
                 *(['--profile-all', '--profile-limit', 1] if smoke else [])), 150, 40,
                 readers.read_profile),
             Step('toy-city', f'toy city at {sizes.frame[0]}x{sizes.frame[1]}', self.tool(
@@ -199,8 +201,8 @@ class GpuCheck:
         ]
         if self.compile_step and not smoke:
             steps.append(Step('compile', 'torch.compile, all speed options, fp16', self.tool(
-                'speed_matrix.py', '--force', '--device', self.device, '--compile', '--json',
-                self.logs / 'compile.json'), 240, 150, readers.read_compile))
+                'benchmark.py', *matrix, '--compile', '--json', self.logs / 'compile.json'),
+                240, 150, readers.read_compile))
         if self.only:
             steps = [step for step in steps if step.name in self.only]
         return steps
@@ -326,7 +328,7 @@ class GpuCheck:
     # --------------------------------------------------------------------------- outputs
 
     def verdicts(self) -> list:
-        from ..speed.targets import evaluate
+        from ..speed.goals import evaluate
 
         return evaluate(self.merged_matrix()) if self.matrix else []
 
@@ -353,8 +355,6 @@ class GpuCheck:
     def write_outputs(self, final: bool = False) -> None:
         """results.json, summary.md and logs.tar.gz, each replaced atomically. A failure to
         render one of them is written into it (and printed) instead of ending the run."""
-        from .summary import summary_markdown
-
         try:
             results = self.results_dict(final)
         except Exception:  # noqa: BLE001

@@ -1,14 +1,13 @@
-"""``summary.md`` of a gpu_check run: status, steps, targets met or not, every table."""
+"""``summary.md`` of a gpu_check run: status, steps, targets met or not, every table.
+
+``check`` is the run's :class:`~.steps.GpuCheck` (not imported: :mod:`.steps` imports
+this module).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..speed.report import markdown_table, matrix_markdown, targets_table
-from ..speed.targets import Verdict
+from ..speed.goals import Verdict
+from ..speed.report import goals_table, markdown_table, matrix_markdown
 from .layout import LOGS_ARCHIVE, PROFILE, RESULTS, SMOKE_NOTE, SUMMARY
-
-if TYPE_CHECKING:
-    from .steps import GpuCheck
 
 
 def _environment_line(env: dict) -> str:
@@ -25,7 +24,7 @@ def _environment_line(env: dict) -> str:
     return line
 
 
-def _status_line(check: GpuCheck, results: dict) -> str:
+def _status_line(check, results: dict) -> str:
     steps = check.results
     done = [r for r in steps if r.status not in ('pending', 'running')]
     ok = sum(r.status == 'ok' for r in steps)
@@ -36,7 +35,7 @@ def _status_line(check: GpuCheck, results: dict) -> str:
             f"{check.budget:.0f} s budget; written {results['written']} on {results['host']}.")
 
 
-def _steps_table(check: GpuCheck) -> str:
+def _steps_table(check) -> str:
     rows = [(index, f'`{r.name}`', r.title, r.status if r.status == 'ok' else f'**{r.status}**',
              f'{r.seconds:.1f}', f'{r.cpu_seconds:.1f}', r.note.replace('|', '\\|'),
              r.log or '-') for index, r in enumerate(check.results, 1)]
@@ -44,7 +43,7 @@ def _steps_table(check: GpuCheck) -> str:
                            'log'), rows)
 
 
-def summary_markdown(check: GpuCheck, results: dict) -> str:
+def summary_markdown(check, results: dict) -> str:
     mode = 'CPU smoke' if check.smoke else 'GPU'
     device = (check.environment or {}).get('device_name', check.device)
     parts = [f'# repseg gpu_check: {device} ({mode})', _status_line(check, results),
@@ -56,7 +55,7 @@ def summary_markdown(check: GpuCheck, results: dict) -> str:
     matrix = results.get('matrix')
     parts.append('## Targets (issue 9, deliverable 4)')
     if verdicts:
-        parts.append(targets_table(verdicts))
+        parts.append(goals_table(verdicts))
         parts.append('Verdicts use mmseg\'s predict path (forward, resize, arg-max, '
                      'SegDataSample); "best call path" is the fastest option of the '
                      '`options` group for the fp16 B2 (the same path for R-101-D8 when both '

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -26,21 +26,42 @@ class ArchCheck:
 
 
 @torch.no_grad()
-def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BN random running statistics and affine parameters (seeded; in place).
+def randomize_batch_norms(model: nn.Module, seed: int = 0,
+                          calibrate: Optional[Callable[[nn.Module], Any]] = None) -> nn.Module:
+    """Give every BN random affine parameters and running statistics (seeded; in place).
 
-    Freshly built BNs are the identity in eval mode, which would hide fusion errors.
-    Variances and gammas stay near 1 so a deep network neither explodes nor collapses.
+    Freshly built BNs are the identity in eval mode, which would hide fusion errors, and
+    through dozens of random convs the activations shrink towards zero, so a random
+    segmentor predicts one class everywhere (label agreements then mean nothing, and a
+    GPU would time float16 zeros). Variances and gammas stay near 1 so a deep network
+    neither explodes nor collapses. With ``calibrate`` the running statistics are
+    instead those of the batch that ``calibrate(model)`` runs through the model (BNs in
+    train mode, cumulative averaging): unit-scale activations in every layer, as trained
+    BNs give. The model is left in eval mode then. Run it before fusing.
     """
     generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            for tensor, low, high in ((module.running_mean, -0.2, 0.2),
-                                      (module.running_var, 0.5, 1.5),
-                                      (module.weight, 0.5, 1.0),
-                                      (module.bias, -0.2, 0.2)):
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for module in norms:
+        for tensor, low, high in ((module.running_mean, -0.2, 0.2),
+                                  (module.running_var, 0.5, 1.5),
+                                  (module.weight, 0.5, 1.0),
+                                  (module.bias, -0.2, 0.2)):
+            if tensor is not None:
                 rand = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
                 tensor.copy_(low + (high - low) * rand)
+    if calibrate is None:
+        return model
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    try:
+        calibrate(model)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
     return model
 
 

@@ -18,6 +18,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from tqdm import tqdm
 
+from ..inference import labels_of
 from ..onnx_backend import OnnxRuntimeSegmentor, segmentor_arguments
 
 
@@ -91,7 +92,7 @@ class AccuracyCheck:
         self.reference_labels = []
         evaluator = self._evaluator() if self.with_metric else None
         for batch, outputs in self._predict(model, len(self.items), 'fp32 model'):
-            self.reference_labels += [_labels(o) for o in outputs]
+            self.reference_labels += list(_labels(outputs))
             if evaluator is not None:
                 evaluator.process(outputs, batch)
         return Scores(100.0, self._miou(evaluator))
@@ -107,7 +108,7 @@ class AccuracyCheck:
         same = total = 0
         for index, (batch, outputs) in enumerate(
                 self._predict(model, count, desc)):
-            labels = _labels(outputs[0])
+            labels = _labels(outputs)[0]
             same += int((labels == self.reference_labels[index]).sum())
             total += labels.size
             if evaluator is not None:
@@ -123,5 +124,5 @@ class AccuracyCheck:
         return None if key is None else float(metrics[key])
 
 
-def _labels(sample) -> np.ndarray:
-    return sample.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
+def _labels(samples) -> np.ndarray:
+    return labels_of(samples).cpu().numpy().astype(np.uint8)

@@ -8,7 +8,7 @@ Groups (batch 1 at 1024x2048 unless said; one record each, see :class:`Key`):
 * ``paper``: the fused RepVGG models and the ResNets under the paper's protocol
   (Table 8: batch 16, 713x713, float32, TF32 off).
 * ``options``: fused B2 and R-101-D8 in fp16 channels-last through the call paths of
-  :mod:`repseg.fast_inference` (:data:`OPTION_VARIANTS`: the tensor-only predictor, each
+  :mod:`repseg.fast_inference` (:data:`ROLE_VARIANTS`: the tensor-only predictor, each
   speed option alone for B2, all of them). (No record with ``cudnn.benchmark`` off: torch
   looks up cuDNN's plan cache before it reads the flag, so in one process such a record
   replays the timed plans of the same shapes, and measuring it first would hand its
@@ -19,11 +19,13 @@ Groups (batch 1 at 1024x2048 unless said; one record each, see :class:`Key`):
 * ``training``: one training iteration (:mod:`.training`) of B2 and R-101-D8 at 713x713
   batch 2, AMP on CUDA, NCHW and channels-last.
 
-Each model is built once (:func:`~.models.build_calibrated_segmentor`) and copied per
-variant. Records go to the JSON file after every measurement (written atomically), so a
+Each model is built once (:func:`~.models.build_segmentor_to_time`) and copied per
+prepared form (:class:`~.models.PreparedModels`). Records go to the JSON file after every measurement (written atomically), so a
 run stopped by a time limit keeps what it measured; a failed measurement is recorded
-under ``errors`` and the run goes on. Timing follows :func:`repseg.benchmark.measure`
-(warm-up, then synchronized calls), capped at ``max_seconds`` per measurement.
+under ``errors`` and the run goes on. Timing follows :func:`.benchmark.measure`
+(warm-up, then synchronized calls), capped at ``max_seconds`` per measurement. The
+records are :class:`~.record.SpeedRecord` s with ``group``, ``role``, ``label`` and
+``variant`` (the call path) set.
 """
 from __future__ import annotations
 
@@ -38,29 +40,29 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..analysis import count_flops
-from ..benchmark import (BenchmarkSettings, Target, configure_backends, environment, measure,
-                         segmentation_target, time_calls)
+from ..fast_inference import COMPILE_VARIANTS, VARIANTS, SegmentationPredictor
 from ..fileio import write_text_atomically
-from ..fast_inference.predictor import SegmentationPredictor
-from ..fast_inference.variants import COMPILE_VARIANTS, VARIANTS
-from .models import Variants, build_calibrated_segmentor, variant_copy
+from .benchmark import BenchmarkSettings, Target, measure, segmentation_target
+from .models import PreparedModels, build_segmentor_to_time, model_copy
+from .record import SpeedRecord
+from .timing import environment, time_calls
 from .training import random_batch, training_step
 
 GROUPS = ('fp32', 'fp16cl', 'paper', 'options', 'backbone', 'training')
 
 # Variants (the call path of a record); the options group also uses the names of
-# repseg.fast_inference.variants (VARIANTS, COMPILE_VARIANTS), e.g. '+cuda_graph', 'all'.
+# repseg.fast_inference.VARIANTS and COMPILE_VARIANTS, e.g. '+cuda_graph', 'all'.
 PREDICT = 'predict'
 BACKBONE = 'backbone'
 AMP = 'train step'
 AMP_CHANNELS_LAST = 'train step, channels-last'
 #: fast_inference call paths timed per role on a GPU: every option alone for B2, the
 #: predictor, CUDA graph and all options for R-101-D8 (the targets' "same tricks").
-OPTION_VARIANTS = {'b2': ('predictor', '+conv_relu', '+factored_psp', '+resize_argmax',
+ROLE_VARIANTS = {'b2': ('predictor', '+conv_relu', '+factored_psp', '+resize_argmax',
                           '+cuda_graph', 'all'),
                    'r101': ('predictor', '+cuda_graph', 'all')}
 #: The smoke's: no compiled resize (inductor's C++ build on a CPU takes minutes).
-SMOKE_OPTION_VARIANTS = {'b2': ('predictor', '+conv_relu', '+factored_psp', '+cuda_graph'),
+SMOKE_ROLE_VARIANTS = {'b2': ('predictor', '+conv_relu', '+factored_psp', '+cuda_graph'),
                          'r101': ('predictor',)}
 #: torch.compile variants (run_compiled).
 COMPILED_VARIANT = 'all + compile_model'
@@ -137,7 +139,7 @@ class MatrixPlan:
     paper_iters: int = 10
     paper_max_seconds: Optional[float] = 1.5
     matmul_size: int = 8192
-    option_variants: dict = field(default_factory=lambda: dict(OPTION_VARIANTS))
+    option_variants: dict = field(default_factory=lambda: dict(ROLE_VARIANTS))
     training_roles: tuple = ('b2', 'r101')
     backbone_role: str = 'b2'
     count_model_flops: bool = True  # GFLOPs of every fused/ResNet model at `shape`
@@ -191,7 +193,7 @@ def smoke_plan(device: str = 'cpu') -> MatrixPlan:
         shape=(32, 64), paper_batch=2, paper_shape=(24, 24), train_batch=2,
         train_shape=train_shape, warmup=1, iters=1, max_seconds=None, paper_warmup=1,
         paper_iters=1, paper_max_seconds=None, matmul_size=256, count_model_flops=False,
-        threads=1, calibration_shape=(32, 64), option_variants=dict(SMOKE_OPTION_VARIANTS))
+        threads=1, calibration_shape=(32, 64), option_variants=dict(SMOKE_ROLE_VARIANTS))
 
 
 def plan_keys(spec: ModelSpec, plan: MatrixPlan) -> Iterator[Key]:
@@ -230,10 +232,12 @@ def _name(spec: ModelSpec, key: Key) -> str:
     return f'{spec.label}{state}, {key.variant}'
 
 
-def build_target(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan) -> Target:
-    """The timed call of ``key`` on a variant of the model (also what profiling runs)."""
+def build_target(key: Key, models: PreparedModels, spec: ModelSpec,
+                 plan: MatrixPlan) -> Target:
+    """The timed call of ``key`` on a prepared form of the model (also what profiling
+    runs)."""
     settings = plan.settings(key.group)
-    model = variants.get(bool(key.fused), settings.fp16, settings.channels_last)
+    model = models.get(bool(key.fused), settings.fp16, settings.channels_last)
     if key.variant == PREDICT:
         target = segmentation_target(spec.config, settings, fuse=bool(key.fused), model=model)
         target.name = _name(spec, key)
@@ -242,7 +246,7 @@ def build_target(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
         options = {**VARIANTS, **COMPILE_VARIANTS}[key.variant]
         inputs = _image(settings)
         # options change the model in place: a copy of the prepared variant each
-        predictor = SegmentationPredictor(variant_copy(model), inputs, options)
+        predictor = SegmentationPredictor(model_copy(model), inputs, options)
         return Target(_name(spec, key), predictor.model, lambda: predictor(inputs), None,
                       'segmentation', spec.config, spec.label, key.fused,
                       outcomes=predictor.report.to_dict())
@@ -260,7 +264,7 @@ def build_target(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
         return Target(_name(spec, key), backbone, run, backbone, 'backbone', spec.config,
                       spec.label, key.fused, flops_shape=settings.shape)
     if key.variant in (AMP, AMP_CHANNELS_LAST):
-        model = variant_copy(variants.base)  # training changes the weights: a fresh copy
+        model = model_copy(models.base)  # training changes the weights: a fresh copy
         batch = random_batch(settings.batch, settings.shape, settings.device)
         step = training_step(model, batch, amp=plan.cuda,
                              channels_last=key.variant == AMP_CHANNELS_LAST)
@@ -271,20 +275,20 @@ def build_target(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan
 
 # ----------------------------------------------------------------------------- measuring
 
-def _measure_key(key: Key, variants: Variants, spec: ModelSpec, plan: MatrixPlan) -> dict:
+def _measure_key(key: Key, models: PreparedModels, spec: ModelSpec,
+                 plan: MatrixPlan) -> SpeedRecord:
     settings = plan.settings(key.group)
-    target = build_target(key, variants, spec, plan)
-    configure_backends(settings)
+    target = build_target(key, models, spec, plan)
+    settings.configure()
     record = measure(target, settings)
-    row = dict(group=key.group, role=key.role, label=spec.label, variant=key.variant,
-               **record.to_dict())
-    row['fused'] = key.fused
-    row['amp'] = key.group == 'training' and plan.cuda
-    row['outcomes'] = target.outcomes  # of the fast_inference options, if any
+    record.group, record.role, record.label, record.variant = (key.group, key.role,
+                                                               spec.label, key.variant)
+    record.fused = key.fused
+    record.amp = key.group == 'training' and plan.cuda
     if key.variant == BACKBONE:
-        row['gflops'] = count_flops(target.flops_model, settings.shape)
-        row['tflops'] = 2 * row['gflops'] * row['fps'] / 1e3
-    return row
+        record.gflops = count_flops(target.flops_model, settings.shape)
+        record.tflops = 2 * record.gflops * record.fps / 1e3
+    return record
 
 
 def dense_matmul_tflops(plan: MatrixPlan) -> dict:
@@ -294,8 +298,9 @@ def dense_matmul_tflops(plan: MatrixPlan) -> dict:
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=generator).to(plan.device, torch.float16)
             for _ in range(2))
-    times, _ = time_calls(lambda: torch.mm(a, b), warmup=3, iters=20, device=plan.device,
-                          name=f'dense fp16 matmul {n}^3', max_seconds=1.0)
+    [timing] = time_calls([lambda: torch.mm(a, b)], warmup=3, iters=20, device=plan.device,
+                          max_seconds=1.0, memory=False, name=f'dense fp16 matmul {n}^3')
+    times = timing.seconds
     median = sorted(times)[len(times) // 2]
     return dict(n=n, dtype='float16', median_ms=1e3 * median,
                 tflops=2 * n ** 3 / median / 1e12, iters=len(times))
@@ -307,14 +312,16 @@ class MatrixResult:
 
     plan: dict
     environment: dict
-    records: list = field(default_factory=list)
+    records: list = field(default_factory=list)  # SpeedRecord
     matmul: Optional[dict] = None
     errors: list = field(default_factory=list)
     seconds: float = 0.0
     finished: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        result = asdict(self)
+        result['records'] = [record.to_dict() for record in self.records]
+        return result
 
     def save(self, out: Optional[Path], start: float) -> None:
         """Stamp the elapsed seconds since ``start`` and write ``out`` (if any) atomically."""
@@ -349,7 +356,7 @@ def run_matrix(plan: MatrixPlan, out: Optional[Path] = None,
         result.save(out, start)
 
     log(plan.describe())
-    configure_backends(plan.settings('fp32'))
+    plan.settings('fp32').configure()
     # Everything imported so far lives as long as the process: keep it out of the garbage
     # collections that CPU memory measurements start with (a full one took a second).
     gc.freeze()
@@ -361,46 +368,46 @@ def run_matrix(plan: MatrixPlan, out: Optional[Path] = None,
     save()
     for spec in plan.models:
         try:
-            variants = Variants(build_calibrated_segmentor(
-                spec.config, plan.device, dict(spec.cfg_options), plan.calibration_shape))
+            models = PreparedModels(build_segmentor_to_time(
+                spec.config, None, plan.device, dict(spec.cfg_options), plan.calibration_shape))
         except Exception as error:  # noqa: BLE001
             _error(result, dict(role=spec.role, variant='build'), error, log)
             save()
             continue
         for key in plan_keys(spec, plan):
             try:
-                row = _measure_key(key, variants, spec, plan)
-                result.records.append(row)
-                log(f"[{time.perf_counter() - start:6.1f} s] {key.group:8s} {row['name']}: "
-                    f"{row['fps']:.2f} img/s, median {row['latency_ms_median']:.1f} ms")
+                record = _measure_key(key, models, spec, plan)
+                result.records.append(record)
+                log(f'[{time.perf_counter() - start:6.1f} s] {key.group:8s} {record.name}: '
+                    f'{record.fps:.2f} img/s, median {record.latency_ms_median:.1f} ms')
             except Exception as error:  # noqa: BLE001
                 _error(result, asdict(key), error, log)
             _free(plan.device)
             save()
         if plan.count_model_flops:
-            _add_flops(result, variants, spec, plan, log)
+            _add_flops(result, models, spec, plan, log)
             save()
-        del variants
+        del models
         _free(plan.device)
     result.finished = True
     save()
     return result
 
 
-def _add_flops(result: MatrixResult, variants: Variants, spec: ModelSpec, plan: MatrixPlan,
-               log) -> None:
+def _add_flops(result: MatrixResult, models: PreparedModels, spec: ModelSpec,
+               plan: MatrixPlan, log) -> None:
     """GFLOPs of the inference model (fused for RepVGG) at the main shape, filled into
     this model's records at that shape (TFLOP/s from their img/s)."""
     try:
-        gflops = count_flops(variants.get(spec.repvgg, False, False), plan.shape)
+        gflops = count_flops(models.get(spec.repvgg, False, False), plan.shape)
     except Exception as error:  # noqa: BLE001
         _error(result, dict(role=spec.role, variant='flops'), error, log)
         return
-    for row in result.records:  # not the options: factored_psp does less work
-        if row['role'] == spec.role and row['group'] in ('fp32', 'fp16cl') \
-                and row['fused'] is not False:
-            row['gflops'] = gflops
-            row['tflops'] = 2 * gflops * row['fps'] / 1e3
+    for record in result.records:  # not the options: factored_psp does less work
+        if record.role == spec.role and record.group in ('fp32', 'fp16cl') \
+                and record.fused is not False:
+            record.gflops = gflops
+            record.tflops = 2 * gflops * record.fps / 1e3
 
 
 def run_compiled(plan: MatrixPlan, out: Optional[Path] = None,
@@ -417,11 +424,11 @@ def run_compiled(plan: MatrixPlan, out: Optional[Path] = None,
         spec = plan.spec(role)
         key = Key('options', role, COMPILED_VARIANT, True if spec.repvgg else None)
         try:
-            variants = Variants(build_calibrated_segmentor(
-                spec.config, plan.device, dict(spec.cfg_options), plan.calibration_shape))
-            result.records.append(_measure_key(key, variants, spec, plan))
-            log(f"{result.records[-1]['name']}: {result.records[-1]['fps']:.2f} img/s")
-            del variants
+            models = PreparedModels(build_segmentor_to_time(
+                spec.config, None, plan.device, dict(spec.cfg_options), plan.calibration_shape))
+            result.records.append(_measure_key(key, models, spec, plan))
+            log(f'{result.records[-1].name}: {result.records[-1].fps:.2f} img/s')
+            del models
         except Exception as error:  # noqa: BLE001
             _error(result, asdict(key), error, log)
         _free(plan.device)

@@ -7,9 +7,9 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ..benchmark import configure_backends, synchronize
 from .matrix import Key, MatrixPlan, build_target
-from .models import Variants, build_calibrated_segmentor
+from .models import PreparedModels, build_segmentor_to_time
+from .timing import synchronize
 
 #: Rows per table (ops sorted by their own time on the device, CPU time off CUDA).
 ROW_LIMIT = 25
@@ -61,11 +61,12 @@ def profile_keys(plan: MatrixPlan, keys: Iterable[Key],
         try:
             if spec.role not in models:
                 models.clear()  # one base model alive at a time
-                models[spec.role] = Variants(build_calibrated_segmentor(
-                    spec.config, plan.device, dict(spec.cfg_options), plan.calibration_shape))
+                models[spec.role] = PreparedModels(build_segmentor_to_time(
+                    spec.config, None, plan.device, dict(spec.cfg_options),
+                    plan.calibration_shape))
             target = build_target(key, models[spec.role], spec, plan)
             settings = plan.settings(key.group)
-            configure_backends(settings)
+            settings.configure()
             table = op_table(target.run, plan.device)
             title = (f'{target.name} [{key.group}]: batch {settings.batch}, '
                      f'{settings.shape[0]}x{settings.shape[1]}, {settings.dtype_name}'

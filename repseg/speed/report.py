@@ -1,15 +1,87 @@
-"""The matrix and the targets as Markdown (the gpu_check summary and speed_matrix output)."""
+"""Every Markdown table of the speed code: benchmark records, the call-path comparison,
+the matrix and its goals (``tools/benchmark.py`` output and the gpu_check summary).
+
+The benchmark tables take :class:`~.record.SpeedRecord` s; the matrix tables take the
+records' JSON objects (a ``matrix.json`` read back, possibly partial).
+"""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
+from .goals import Verdict, find_record
 from .matrix import PREDICT, Key
-from .targets import Verdict, find_record
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+    """A Markdown table, each column padded to its widest cell."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in [list(header), *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return '| ' + ' | '.join(c.ljust(w) for c, w in zip(cells, widths)) + ' |'
+
+    rule = '|' + '|'.join('-' * (w + 2) for w in widths) + '|'
+    return '\n'.join([line(header), rule, *map(line, rows)])
+
+
+RECORD_COLUMNS = (
+    ('model', lambda r: r.name),
+    ('dtype', lambda r: r.dtype + (' CL' if r.channels_last else '')),
+    ('batch', lambda r: str(r.batch)),
+    ('shape', lambda r: f'{r.shape[0]}x{r.shape[1]}'),
+    ('img/s', lambda r: f'{r.fps:.2f}'),
+    ('median ms', lambda r: f'{r.latency_ms_median:.1f}'),
+    ('p90 ms', lambda r: f'{r.latency_ms_p90:.1f}'),
+    ('peak MB', lambda r: _number(r.peak_mem_mb, 0)),
+    ('GFLOPs', lambda r: _number(r.gflops, 1)),
+    ('TFLOP/s', lambda r: _number(r.tflops, 3)),
+    ('vs first', lambda r: _number(r.fps_ratio, suffix='x')),
+    ('vs train-time', lambda r: _number(r.speedup_vs_train_time, suffix='x')),
+)
+
+
+def records_table(records: Sequence) -> str:
+    """The benchmark's table: one row per record."""
+    return markdown_table([title for title, _ in RECORD_COLUMNS],
+                          [[cell(record) for _, cell in RECORD_COLUMNS] for record in records])
+
+
+def describe_environment(records: Sequence) -> str:
+    if not records:
+        return ''
+    env = records[0].environment
+    parts = [f"torch {env['torch_version']}", env['device_name'],
+             f"{env['cpu_threads']} CPU threads"]
+    if env.get('cuda_version'):
+        parts.append(f"CUDA {env['cuda_version']}, cuDNN {env['cudnn_version']}")
+    return ', '.join(parts)
+
+
+def agreement_lines(records: Sequence, reference: str) -> list[str]:
+    """One line per record that has a label agreement with ``reference`` (a name)."""
+    return [f'{r.name}: {100 * r.label_agreement:.2f}% of pixels labelled as by {reference}'
+            for r in records if r.label_agreement is not None and r.name != reference]
+
+
+def variants_markdown(result) -> str:
+    """The call paths of a :class:`~.variants.VariantsResult` as a table, then one line
+    per option that did not take effect."""
+    rows = [(r.variant, f'{r.fps:.2f}', f'{r.latency_ms_median:.2f}',
+             f'{r.latency_ms_p90:.2f}', _number(r.peak_mem_mb, 0),
+             _number(r.fps_ratio, suffix='x'), f'{100 * r.label_agreement:.3f}%',
+             f'{r.build_s:.1f}') for r in result.records]
+    table = markdown_table(('variant', 'img/s', 'median ms', 'p90 ms', 'peak MB', 'vs first',
+                            'agreement vs fp32', 'build s'), rows)
+    dtype = result.dtype + (' channels-last' if result.channels_last else '')
+    shape = 'x'.join(str(s) for s in result.shape)
+    lines = [f'{result.config}, batch {result.batch} at {shape}, {dtype}, {result.device}; '
+             f'reference (fused fp32, TF32 off) predicts {result.reference_classes} classes '
+             f'(top class {100 * result.reference_top_class_share:.1f}% of pixels)\n', table]
+    notes = [f'- {r.variant}: {option}: {outcome["detail"]}'
+             for r in result.records for option, outcome in r.outcomes.items()
+             if not outcome['applied']]
+    if notes:
+        lines += ['', 'Options that did not take effect:', *notes]
     return '\n'.join(lines)
 
 
@@ -104,7 +176,7 @@ def verdict_word(met: Optional[bool]) -> str:
     return {True: 'met', False: '**NOT met**', None: 'not measured'}[met]
 
 
-def targets_table(verdicts: Sequence[Verdict]) -> str:
+def goals_table(verdicts: Sequence[Verdict]) -> str:
     rows = []
     for v in verdicts:
         measured = '-' if v.value is None else (
@@ -125,7 +197,7 @@ def matrix_markdown(matrix: dict, verdicts: Sequence[Verdict] = ()) -> str:
     records = matrix.get('records') or []
     plan = matrix.get('plan') or {}
     shape = 'x'.join(map(str, plan.get('shape', ())))
-    sections = ['### Targets\n\n' + targets_table(verdicts)] if verdicts else []
+    sections = ['### Targets\n\n' + goals_table(verdicts)] if verdicts else []
     sections += [
         f'### fp32 (TF32 on), batch 1, {shape}\n\n' + inference_table(records, 'fp32'),
         f'### fp16 channels-last, batch 1, {shape}\n\n' + inference_table(records, 'fp16cl'),

@@ -1,9 +1,10 @@
-"""The speed targets of issue 9, judged from a matrix result (:mod:`.matrix`).
+"""The speed goals of issue 9 (the "targets" of the summary), judged from a matrix result
+(:mod:`.matrix`).
 
-Each target is data: a ratio of two records' img/s (numerator over denominator, each
+Each goal is data: a ratio of two records' img/s (numerator over denominator, each
 named by a :class:`~.matrix.Key`) against a threshold, or the fused B2 backbone's share of
-the dense fp16 matmul peak. A target whose records are missing is 'not measured', never
-met. Targets about the fp16 B2 are also judged with the fastest call path of the
+the dense fp16 matmul peak. A goal whose records are missing is 'not measured', never
+met. Goals about the fp16 B2 are also judged with the fastest call path of the
 ``options`` group (the same path for R-101-D8 where both sides are fp16), reported beside
 the main verdict, which is always mmseg's predict path.
 """
@@ -12,16 +13,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Sequence
 
-from ..fast_inference.variants import COMPILE_VARIANTS, VARIANTS
+from ..fast_inference import OPTION_VARIANTS
 from .matrix import BACKBONE, PREDICT, Key
-
-#: Call paths that count as speed options for the fp16 targets (besides PREDICT).
-OPTION_VARIANTS = tuple(name for name, options in {**VARIANTS, **COMPILE_VARIANTS}.items()
-                        if options is not None)
 
 
 @dataclass(frozen=True)
-class RatioTarget:
+class RatioGoal:
     """``fps(numerator) / fps(denominator) >= threshold`` (``>`` if ``strict``)."""
 
     name: str
@@ -33,7 +30,7 @@ class RatioTarget:
 
 
 @dataclass(frozen=True)
-class PeakTarget:
+class PeakGoal:
     """Achieved TFLOP/s of the ``backbone`` record over the dense matmul peak."""
 
     name: str
@@ -42,30 +39,30 @@ class PeakTarget:
     threshold: float
 
 
-def _fused_vs_train_time(role: str, label: str) -> RatioTarget:
-    return RatioTarget(f'fused_vs_train_time_{role}',
+def _fused_vs_train_time(role: str, label: str) -> RatioGoal:
+    return RatioGoal(f'fused_vs_train_time_{role}',
                        f'fused PSPNet-{label} >= 1.4x its train-time model (fp32, TF32)',
                        Key('fp32', role, PREDICT, True), Key('fp32', role, PREDICT, False), 1.4)
 
 
-TARGETS = (
-    RatioTarget('b2_fp16_vs_r101_fp32',
+GOALS = (
+    RatioGoal('b2_fp16_vs_r101_fp32',
                 'fused PSPNet-B2 fp16 channels-last >= 3.0x PSPNet R-101-D8 fp32 (TF32)',
                 Key('fp16cl', 'b2', PREDICT, True), Key('fp32', 'r101'), 3.0),
-    RatioTarget('b2_vs_r101_fp16',
+    RatioGoal('b2_vs_r101_fp16',
                 'fused PSPNet-B2 >= 1.3x R-101-D8, both fp16 channels-last (same tricks)',
                 Key('fp16cl', 'b2', PREDICT, True), Key('fp16cl', 'r101'), 1.3),
     _fused_vs_train_time('b2', 'B2'),
     _fused_vs_train_time('b2_fast', 'B2-fast'),
     _fused_vs_train_time('b1g2', 'B1g2'),
     _fused_vs_train_time('b1g2_fast', 'B1g2-fast'),
-    PeakTarget('b2_backbone_peak',
+    PeakGoal('b2_backbone_peak',
                'fused B2 backbone (fp16 channels-last) >= 60% of the dense fp16 matmul peak',
                Key('backbone', 'b2', BACKBONE, True), 0.60),
-    RatioTarget('paper_b1g2_fast_vs_r50',
+    RatioGoal('paper_b1g2_fast_vs_r50',
                 'paper protocol: fused B1g2-fast faster than R-50-D8',
                 Key('paper', 'b1g2_fast', PREDICT, True), Key('paper', 'r50'), 1.0, strict=True),
-    RatioTarget('paper_b2_fast_vs_r101',
+    RatioGoal('paper_b2_fast_vs_r101',
                 'paper protocol: fused B2-fast at least as fast as R-101-D8',
                 Key('paper', 'b2_fast', PREDICT, True), Key('paper', 'r101'), 1.0),
 )
@@ -73,7 +70,7 @@ TARGETS = (
 
 @dataclass
 class Verdict:
-    """One target's outcome; ``met`` is None when its records are missing."""
+    """One goal's outcome; ``met`` is None when its records are missing."""
 
     name: str
     text: str
@@ -106,22 +103,22 @@ def _describe(record: dict) -> str:
     return f"{record['name']} {record['fps']:.2f} img/s"
 
 
-def _best_option(records: Sequence[dict], target: RatioTarget) -> Optional[tuple]:
+def _best_option(records: Sequence[dict], goal: RatioGoal) -> Optional[tuple]:
     """The fastest option path for the fp16 numerator: ``(ratio, variant)`` or None.
 
     When the denominator is fp16 channels-last too, it is timed through the same path.
     """
-    if target.numerator.group != 'fp16cl':
+    if goal.numerator.group != 'fp16cl':
         return None
     best = None
     for variant in OPTION_VARIANTS:
-        numerator = find_record(records, Key('options', target.numerator.role, variant,
-                                             target.numerator.fused))
-        if target.denominator.group == 'fp16cl':
-            denominator = find_record(records, Key('options', target.denominator.role,
-                                                   variant, target.denominator.fused))
+        numerator = find_record(records, Key('options', goal.numerator.role, variant,
+                                             goal.numerator.fused))
+        if goal.denominator.group == 'fp16cl':
+            denominator = find_record(records, Key('options', goal.denominator.role,
+                                                   variant, goal.denominator.fused))
         else:
-            denominator = find_record(records, target.denominator)
+            denominator = find_record(records, goal.denominator)
         if numerator and denominator:
             ratio = numerator['fps'] / denominator['fps']
             if best is None or ratio > best[0]:
@@ -129,37 +126,37 @@ def _best_option(records: Sequence[dict], target: RatioTarget) -> Optional[tuple
     return best
 
 
-def _ratio_verdict(records: Sequence[dict], target: RatioTarget) -> Verdict:
-    numerator = find_record(records, target.numerator)
-    denominator = find_record(records, target.denominator)
-    profile = [asdict(target.numerator), asdict(target.denominator)]
+def _ratio_verdict(records: Sequence[dict], goal: RatioGoal) -> Verdict:
+    numerator = find_record(records, goal.numerator)
+    denominator = find_record(records, goal.denominator)
+    profile = [asdict(goal.numerator), asdict(goal.denominator)]
     if numerator is None or denominator is None:
-        missing = [str(asdict(k)) for k, r in ((target.numerator, numerator),
-                                               (target.denominator, denominator)) if r is None]
-        return Verdict(target.name, target.text, target.threshold, None, None,
+        missing = [str(asdict(k)) for k, r in ((goal.numerator, numerator),
+                                               (goal.denominator, denominator)) if r is None]
+        return Verdict(goal.name, goal.text, goal.threshold, None, None,
                        'not measured: no record for ' + ', '.join(missing), profile)
     ratio = numerator['fps'] / denominator['fps']
-    verdict = Verdict(target.name, target.text, target.threshold, ratio,
-                      _passes(ratio, target.threshold, target.strict),
+    verdict = Verdict(goal.name, goal.text, goal.threshold, ratio,
+                      _passes(ratio, goal.threshold, goal.strict),
                       f'{_describe(numerator)} / {_describe(denominator)} = {ratio:.2f}x',
                       profile)
-    best = _best_option(records, target)
+    best = _best_option(records, goal)
     if best is not None:
         verdict.option_value, verdict.option_variant = best
-        verdict.option_met = _passes(best[0], target.threshold, target.strict)
+        verdict.option_met = _passes(best[0], goal.threshold, goal.strict)
     return verdict
 
 
 def _peak_verdict(records: Sequence[dict], matmul: Optional[dict],
-                  target: PeakTarget) -> Verdict:
-    backbone = find_record(records, target.backbone)
-    profile = [asdict(target.backbone)]
+                  goal: PeakGoal) -> Verdict:
+    backbone = find_record(records, goal.backbone)
+    profile = [asdict(goal.backbone)]
     if backbone is None or not backbone.get('tflops') or not matmul:
-        return Verdict(target.name, target.text, target.threshold, None, None,
+        return Verdict(goal.name, goal.text, goal.threshold, None, None,
                        'not measured: no backbone record or matmul peak', profile)
     share = backbone['tflops'] / matmul['tflops']
-    return Verdict(target.name, target.text, target.threshold, share,
-                   share >= target.threshold,
+    return Verdict(goal.name, goal.text, goal.threshold, share,
+                   share >= goal.threshold,
                    f"{backbone['tflops']:.1f} TFLOP/s ({backbone['gflops']:.0f} GFLOPs as "
                    f"multiply-adds x2 x {backbone['fps']:.1f} img/s) of "
                    f"{matmul['tflops']:.1f} TFLOP/s (fp16 matmul {matmul['n']}^3) = "
@@ -167,19 +164,19 @@ def _peak_verdict(records: Sequence[dict], matmul: Optional[dict],
 
 
 def evaluate(matrix: dict) -> list[Verdict]:
-    """Every target of :data:`TARGETS` on a matrix result (``load_matrix``)."""
+    """Every goal of :data:`GOALS` on a matrix result (``load_matrix``)."""
     records = matrix.get('records') or []
     verdicts = []
-    for target in TARGETS:
-        if isinstance(target, PeakTarget):
-            verdicts.append(_peak_verdict(records, matrix.get('matmul'), target))
+    for goal in GOALS:
+        if isinstance(goal, PeakGoal):
+            verdicts.append(_peak_verdict(records, matrix.get('matmul'), goal))
         else:
-            verdicts.append(_ratio_verdict(records, target))
+            verdicts.append(_ratio_verdict(records, goal))
     return verdicts
 
 
 def keys_to_profile(verdicts: Iterable[Verdict], every_target: bool = False) -> list[Key]:
-    """The records of the targets that were missed (or of every target), each once."""
+    """The records of the targets that were missed (or of every goal), each once."""
     keys = []
     for verdict in verdicts:
         if every_target or verdict.met is False:

@@ -8,18 +8,17 @@ generated calibration images: speed does not depend on the weights, accuracy doe
 Every backend computes the same function on the same ``batch x 3 x H x W`` image: the
 graph of :class:`repseg.export.SegmentorForExport` (normalisation, network, resize to the
 input) and the arg-max, inside PyTorch, after ONNX Runtime (whose graphs output logits, as
-``tools/quantize.py`` writes them; the arg-max over the logits is timed). The calls are interleaved (one call of each
-backend per round, ``iters`` rounds after ``warmup`` rounds), so a change in the machine's
-load hits every backend alike and the ratios hold even when the absolute times drift.
-PyTorch uses ``torch.set_num_threads(threads)``, ONNX Runtime ``intra_op_num_threads``
-with the same count. ``label_agreement`` is the fraction of pixels labelled as PyTorch
-fp32 labels them (meaningful with trained weights; random weights give near-ties).
+``tools/quantize.py`` writes them; the arg-max over the logits is timed). The calls are
+interleaved (one call of each backend per round, ``iters`` rounds after ``warmup``
+calls of each), so a change in the machine's load hits every backend alike and the
+ratios hold even when the absolute times drift. PyTorch uses
+``torch.set_num_threads(threads)``, ONNX Runtime ``intra_op_num_threads`` with the same
+count. ``label_agreement`` is the fraction of pixels labelled as PyTorch fp32 labels them.
 """
 from __future__ import annotations
 
 import copy
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -28,13 +27,15 @@ import numpy as np
 import torch
 from mmengine.logging import print_log
 
-from .benchmark import (BenchmarkRecord, BenchmarkSettings, Target, add_ratios,
-                        build_benchmark_segmentor, check_onnx_runtime_settings,
-                        configure_backends, make_record)
-from .analysis import count_flops
-from .export import (SegmentorForExport, export_onnx, image_batch, prepare_for_export,
-                     synthetic_image)
-from .inference import prepare_for_inference
+from ..analysis import count_flops
+from ..export import (SegmentorForExport, export_onnx, image_batch, prepare_for_export,
+                      synthetic_image)
+from ..inference import prepare_for_inference
+from ..onnx_backend import OnnxGraph, OnnxModelError, is_onnx_file
+from .benchmark import BenchmarkSettings, arch_of, check_onnx_runtime_settings
+from .models import build_segmentor_to_time
+from .record import SpeedRecord, add_ratios, make_record
+from .timing import environment, time_calls
 
 #: Generated images the INT8 model made here is calibrated on.
 SPEED_CALIBRATION_IMAGES = 2
@@ -45,7 +46,6 @@ class _Backend:
     name: str
     backend: str
     dtype: str
-    model: torch.nn.Module      # for parameter counts
     run: Callable[[], np.ndarray]
 
 
@@ -57,21 +57,18 @@ def _torch_backend(name: str, dtype: str, segmentor, batch: np.ndarray) -> _Back
         with torch.inference_mode():
             return wrapper(inputs).numpy()
 
-    return _Backend(name, 'pytorch', dtype, segmentor, run)
+    return _Backend(name, 'pytorch', dtype, run)
 
 
-def _onnx_backend(name: str, dtype: str, path, batch: np.ndarray, threads: int,
-                  model: torch.nn.Module) -> _Backend:
-    from .onnx_backend import OnnxGraph
-
+def _onnx_backend(name: str, dtype: str, path, batch: np.ndarray, threads: int) -> _Backend:
     graph = OnnxGraph(path, threads)
-    return _Backend(name, 'onnxruntime', dtype, model, lambda: graph.predict_labels(batch))
+    return _Backend(name, 'onnxruntime', dtype, lambda: graph.predict_labels(batch))
 
 
 def _quantize_for_speed(fp32_path: Path, shape: Sequence[int], batch: int) -> Path:
     """The export quantized as tools/quantize.py does, calibrated on generated images."""
-    from .quantization import QuantSettings
-    from .quantization import qdq
+    from ..quantization import QuantSettings
+    from ..quantization import qdq
 
     pre, out = fp32_path.with_name('pre.onnx'), fp32_path.with_name('int8.onnx')
     qdq.preprocess(fp32_path, pre)
@@ -89,27 +86,24 @@ def _quantize_for_speed(fp32_path: Path, shape: Sequence[int], batch: int) -> Pa
     return out
 
 
-def interleaved_times(calls: Sequence[Callable[[], object]], warmup: int,
-                      iters: int) -> list[list[float]]:
-    """Seconds per call of each function, calling them in turn: ``warmup`` untimed
-    rounds, then ``iters`` timed rounds."""
-    if iters < 1 or warmup < 0:
-        raise ValueError(f'need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}')
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    times = [[] for _ in calls]
-    for _ in range(iters):
-        for index, call in enumerate(calls):
-            start = time.perf_counter()
-            call()
-            times[index].append(time.perf_counter() - start)
-    return times
+def check_int8_models(paths: Sequence) -> None:
+    """Each ``--int8`` file must exist and be an ``.onnx`` model (a checkpoint given
+    there would reach ONNX Runtime's protobuf parser and end in its traceback)."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f'INT8 model not found: {path}')
+        if not is_onnx_file(path):
+            raise OnnxModelError(
+                f'--int8 {path}: expected an .onnx model written by tools/quantize.py, got '
+                f'a {Path(path).suffix or "suffix-less"} file. A PyTorch checkpoint goes in '
+                'the CHECKPOINT position (tools/benchmark.py CONFIG CHECKPOINT --int8 '
+                'quantizes its export here), or quantize it first: tools/quantize.py '
+                'CONFIG CHECKPOINT OUT.onnx')
 
 
 def compare_backends(config, settings: BenchmarkSettings, checkpoint=None,
                      int8_models: Sequence = (), quantize: bool = True, bf16: bool = False,
-                     cfg_options: Optional[dict] = None) -> list[BenchmarkRecord]:
+                     cfg_options: Optional[dict] = None) -> list[SpeedRecord]:
     """Time one config's fused segmentor through each backend (see the module docstring).
 
     Args:
@@ -122,12 +116,10 @@ def compare_backends(config, settings: BenchmarkSettings, checkpoint=None,
         One record per backend, PyTorch fp32 first (``fps_ratio`` is relative to it).
     """
     check_onnx_runtime_settings(settings, 'the backend comparison (--int8/--bf16)')
-    for path in int8_models:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f'INT8 model not found: {path}')
-    configure_backends(settings)
+    check_int8_models(int8_models)
+    settings.configure()
     threads = settings.threads or torch.get_num_threads()
-    model = build_benchmark_segmentor(config, checkpoint, 'cpu', cfg_options)
+    model = build_segmentor_to_time(config, checkpoint, 'cpu', cfg_options)
     prepare_for_inference(model, fuse=True, fast_pooling=True)
     batch = image_batch(synthetic_image(settings.shape)).repeat(settings.batch, axis=0)
     backends = [_torch_backend('PyTorch fp32', 'float32', prepare_for_export(model), batch)]
@@ -139,36 +131,36 @@ def compare_backends(config, settings: BenchmarkSettings, checkpoint=None,
         fp32_path = Path(tmp) / 'fp32.onnx'
         export_onnx(model, fp32_path, settings.shape, batch=settings.batch)
         backends.append(_onnx_backend('ONNX Runtime fp32', 'float32', fp32_path, batch,
-                                      threads, model))
+                                      threads))
         paths = list(int8_models)
         if not paths and quantize:
             paths = [_quantize_for_speed(fp32_path, settings.shape, settings.batch)]
         for path in paths:
             label = 'ONNX Runtime INT8' + (f' ({Path(path).name})' if int8_models else '')
-            backends.append(_onnx_backend(label, 'int8', path, batch, threads, model))
+            backends.append(_onnx_backend(label, 'int8', path, batch, threads))
     stem = Path(str(config)).stem
     reference = backends[0].run()
     agreement = [float((backend.run().astype(np.int64) == reference).mean())
                  for backend in backends]
-    print_log(f'{stem}: {len(backends)} backends, {settings.warmup} warm-up and '
+    print_log(f'{stem}: {len(backends)} backends, {settings.warmup} warm-up calls each and '
               f'{settings.iters} timed rounds, interleaved, {threads} thread(s)',
               logger='current')
-    times = interleaved_times([b.run for b in backends], settings.warmup, settings.iters)
+    timings = time_calls([b.run for b in backends], settings.warmup, 1, 'cpu',
+                         rounds=settings.iters, memory=False, name=stem)
     gflops = count_flops(model, settings.shape) if settings.count_flops else None
-    records = []
-    for backend, seconds, alike in zip(backends, times, agreement):
-        target = Target(f'{stem} {backend.name}', backend.model, backend.run, None,
-                        'segmentation', str(config), arch=None, fused=True,
-                        backend=backend.backend, flops_shape=settings.shape,
-                        dtype=backend.dtype)
-        record = make_record(target, settings, seconds, None, gflops)
-        record.arch = str(getattr(model.backbone, 'arch', type(model.backbone).__name__))
-        record.label_agreement = alike
-        records.append(record)
+    params = sum(p.numel() for name, p in model.named_parameters()
+                 if 'auxiliary_head' not in name)
+    records = [make_record(
+        timing, settings.batch, settings.warmup, gflops, name=f'{stem} {backend.name}',
+        config=str(config), arch=arch_of(model), task='segmentation', fused=True,
+        dtype=backend.dtype, channels_last=False, shape=list(settings.shape), device='cpu',
+        backend=backend.backend, params_m=params / 1e6, tf32=None, fast_pooling=True,
+        label_agreement=alike, environment=environment('cpu'))
+        for backend, timing, alike in zip(backends, timings, agreement)]
     return add_ratios(records)
 
 
-def int8_speedups(records: Sequence[BenchmarkRecord]) -> list[tuple[str, float]]:
+def int8_speedups(records: Sequence[SpeedRecord]) -> list[tuple[str, float]]:
     """``(name, fps ratio)`` of each INT8 record over the ONNX Runtime fp32 record."""
     fp32 = next((r for r in records if r.backend == 'onnxruntime' and r.dtype == 'float32'),
                 None)
