@@ -148,6 +148,46 @@ def test_block_fusion(case, randomize_bn):
     assert relative_error(fused_out, expected) < 1e-12
 
 
+@pytest.mark.parametrize('eps', [1e-3, 0.1])
+@pytest.mark.parametrize('case', ['identity', 'stride2-grouped', 'dilation2'])
+def test_block_fusion_uses_the_batch_norm_eps(case, eps, randomize_bn):
+    """BNs built with another eps than PyTorch's 1e-5 (mmcv's norm_cfg can set it): the
+    fused conv must fold the eps of each branch's BN, as the oracle reads it."""
+    cin, cout, stride, dilation, groups, use_se = BLOCK_CASES[case]
+    torch.manual_seed(3)
+    block = repseg.RepVGGBlock(cin, cout, stride, dilation, groups, use_se,
+                               norm_layer=lambda channels: torch.nn.BatchNorm2d(channels, eps))
+    block = randomize_bn(block, seed=4).to(DTYPE).eval()
+    for bn in (block.conv3x3.bn, block.conv1x1.bn, block.identity):
+        if bn is not None:  # small variances, so that eps weighs in the scale
+            bn.running_var.uniform_(0.01, 0.05)
+    x = torch.randn(2, cin, 13, 18, dtype=DTYPE)
+    with torch.no_grad():
+        expected = block_oracle(block, x, stride, dilation, groups)
+        block.reparameterize()
+        assert relative_error(block(x), expected) < 1e-12
+
+
+def test_segmentation_backbone_with_norm_cfg_eps_fuses_exactly(randomize_bn):
+    """The mmseg backbone, its BNs built by mmcv from ``norm_cfg`` with eps 1e-3, against
+    its own train-time forward (which runs mmcv's BNs with that eps)."""
+    from mmseg.registry import MODELS
+
+    torch.manual_seed(9)
+    backbone = MODELS.build(dict(type='RepVGG', arch='A0', dilation='fast', out_indices=(3,),
+                                 norm_cfg=dict(type='BN', eps=1e-3, requires_grad=True)))
+    backbone = randomize_bn(backbone, seed=10).to(DTYPE).eval()
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(norm.eps == 1e-3 for norm in norms)
+    for norm in norms:
+        norm.running_var.uniform_(0.01, 0.05)
+    x = torch.randn(1, 3, 32, 48, dtype=DTYPE)
+    with torch.no_grad():
+        expected = backbone(x)[-1]
+        actual = repseg.reparameterize(backbone)(x)[-1]
+    assert relative_error(actual, expected) < 1e-9
+
+
 # ---------------------------------------------------------------- whole models
 
 @pytest.mark.parametrize('arch', list(repseg.ARCH_SETTINGS))
@@ -227,3 +267,51 @@ def test_dilated_segmentation_body_fuses_exactly(randomize_bn):
         actual = repseg.reparameterize(body)(x)
     assert expected.shape == (1, 2048, 4, 6)  # output stride 8
     assert relative_error(actual, expected) < 1e-9
+
+
+# ---------------------------------------------------------------- tools/test.py
+
+@pytest.fixture(scope='module')
+def test_tool_inputs(tmp_path_factory, city_copy):
+    """A narrow demo config on a toy city of 1 val frame, a train-time checkpoint and
+    its fused pair written by tools/deploy.py."""
+    from repseg.mmseg.deploy import deploy_segmentor
+    from tiny_models import narrow_demo_checkpoint
+
+    folder = tmp_path_factory.mktemp('no_fuse')
+    toy = city_copy(folder, num_train=1, num_val=1)
+    config, checkpoint = narrow_demo_checkpoint(folder)
+    fused = deploy_segmentor(config, checkpoint, folder / 'fused', verify_shape=None)
+    options = {'test_dataloader.dataset.data_root': str(toy),
+               'test_dataloader.num_workers': 0, 'test_dataloader.persistent_workers': False}
+    return dict(train=(config, checkpoint), fused=fused[::-1], options=options)
+
+
+@pytest.mark.parametrize('pair, fuse, expected', [
+    ('train', True, True), ('train', False, False),
+    ('fused', False, True),  # a *_deploy.py config builds fused blocks: nothing to unfuse
+], ids=['train-fused', 'train-no-fuse', 'deploy-no-fuse'])
+def test_metrics_json_records_whether_the_tested_model_was_fused(
+        test_tool_inputs, tmp_path, monkeypatch, pair, fuse, expected):
+    """``"fused"`` says what the tested model was, seen by the segmentor's blocks at the
+    moment the Runner tests it (their branches present or not), not what was asked."""
+    import json
+
+    from mmengine.runner import TestLoop
+
+    seen = []
+
+    def run(loop):
+        blocks = [m for m in loop.runner.model.modules() if isinstance(m, repseg.RepVGGBlock)]
+        seen.append(all(hasattr(b, 'fused') and not hasattr(b, 'conv3x3') for b in blocks))
+        return real_run(loop)
+
+    real_run = TestLoop.run
+    monkeypatch.setattr(TestLoop, 'run', run)
+    from repseg.mmseg.runner import run_test
+
+    config, checkpoint = test_tool_inputs[pair]
+    run_test(config, checkpoint, work_dir=str(tmp_path), fuse=fuse,
+             cfg_options=test_tool_inputs['options'])
+    assert seen == [expected]
+    assert json.loads((tmp_path / 'metrics.json').read_text())['fused'] is expected

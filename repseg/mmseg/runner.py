@@ -205,19 +205,25 @@ def configure_test(cfg: Config, out: Optional[str] = None, show_dir: Optional[st
 
 
 def _prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool,
-                      bf16: bool = False) -> None:
+                      bf16: bool = False) -> Optional[bool]:
     """Fuse the RepVGG blocks unless ``fuse`` is False (same labels, faster); float16 or
-    bfloat16 if asked (:func:`repseg.inference.prepare_for_inference`)."""
+    bfloat16 if asked (:func:`repseg.inference.prepare_for_inference`). Returns whether
+    the blocks are fused now, read from the model (a ``*_deploy.py`` config builds them
+    fused whatever ``fuse`` says), or None for a model without RepVGG blocks."""
     from ..inference import prepare_for_inference
     from ..models.block import RepVGGBlock
 
     dtype = torch.bfloat16 if bf16 else torch.float16
     prepare_for_inference(segmentor, fuse=fuse, fp16=fp16 or bf16, half_dtype=dtype)
-    if any(isinstance(module, RepVGGBlock) for module in segmentor.modules()):
-        model = ('fused model (--no-fuse: train-time branches)' if fuse
-                 else 'train-time branches (--no-fuse)')
-        precision = 'bfloat16' if bf16 else 'float16' if fp16 else 'float32'
-        print_log(f"testing the {model} in {precision}", logger='current')
+    blocks = [module for module in segmentor.modules() if isinstance(module, RepVGGBlock)]
+    if not blocks:
+        return None
+    fused = all(block.is_fused for block in blocks)
+    model = ('fused model (--no-fuse: train-time branches)' if fused
+             else 'train-time branches (--no-fuse)')
+    precision = 'bfloat16' if bf16 else 'float16' if fp16 else 'float32'
+    print_log(f"testing the {model} in {precision}", logger='current')
+    return fused
 
 
 def _use_onnx_model(cfg: Config, onnx_file, launcher: str, fp16: bool, bf16: bool) -> None:
@@ -277,7 +283,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     if not onnx:
         segmentor_of(runner.model).load_state_dict(weights)
         del weights
-        _prepare_for_test(segmentor_of(runner.model), fuse, fp16, bf16)
+        fused = _prepare_for_test(segmentor_of(runner.model), fuse, fp16, bf16)
     with frame_failures_named(runner):
         metrics = dict(runner.test())
     per_class = next((m.per_class for m in runner.test_loop.evaluator.metrics
@@ -287,7 +293,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     if runner.rank == 0:
         path = Path(runner.work_dir) / METRICS_FILE
         record = dict(config=str(config), checkpoint=str(checkpoint), tta=tta, fp16=fp16,
-                      fused=None if onnx else fuse, bf16=bf16,
+                      fused=None if onnx else fused, bf16=bf16,
                       backend='onnxruntime' if onnx else 'pytorch',
                       **{k: round(float(v), 4) if k != 'per_class' else v
                          for k, v in metrics.items()})
