@@ -473,6 +473,14 @@ def a0(num_classes=1000):
     return repseg.create_model('A0', num_classes=num_classes)
 
 
+def with_int8_branch(ws):
+    """The A0 state dict with one train-time branch kernel as int8: the key a fused
+    model does not have, whose tensor fusing on load would turn into float."""
+    state = torch.load(ws / 'a0.pth', weights_only=True)
+    key = 'stages.1.0.conv1x1.conv.weight'
+    return {**state, key: state[key].mul(100).to(torch.int8)}
+
+
 API_CASES = [  # (id, call(ws, tmp), exception type, phrase)
     ('load-empty-state-dict', lambda ws, tmp: repseg.load_checkpoint(a0(), {}),
      CheckpointError, 'holds no tensors (an empty state dict)'),
@@ -503,6 +511,10 @@ API_CASES = [  # (id, call(ws, tmp), exception type, phrase)
     ('load-int8-weights-fused-on-load', lambda ws, tmp: repseg.load_checkpoint(
         repseg.create_model('A0', num_classes=5, deploy=True), ws / 'a0_int8.pth'),
      CheckpointError, 'holds integer tensors'),
+    ('load-int8-branch-fused-on-load', lambda ws, tmp: repseg.load_checkpoint(
+        repseg.create_model('A0', num_classes=5, deploy=True), with_int8_branch(ws)),
+     CheckpointError, 'holds integer tensors where the model has floating-point weights: '
+     'stages.1.0.conv1x1.conv.weight (int8)'),
     ('convert-onto-itself', lambda ws, tmp: convert_checkpoint(
         ws / 'a0.pth', ws / 'a0.pth', 'A0', force=True),
      FileExistsError, 'is the source checkpoint SRC'),
