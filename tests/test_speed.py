@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from repseg.speed.record import SpeedRecord, add_ratios, make_record, records_to_json
+from repseg.speed.record import add_ratios, make_record, records_to_json
 from repseg.speed.report import agreement_lines, markdown_table, records_table
 from repseg.speed.timing import MIN_TIMED_CALLS, Timing, time_calls
 from tiny_models import TINY_CONFIG, load_tool
@@ -112,6 +112,29 @@ def test_tables_from_hand_written_records():
     assert '| 4.00 ' in rows[2] and '| 8.00 ' in rows[3] and '| 2.00x ' in rows[3]
     assert agreement_lines(records, 'first') == [
         'second: 87.50% of pixels labelled as by first']
+
+
+def test_timed_segmentors_get_calibrated_batch_norms():
+    """The stem's BN holds the mean and variance of its conv's output on the calibration
+    batch, computed here in float64; every BN got random affine parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from repseg.speed.models import build_segmentor_to_time, smooth_inputs
+
+    shape = (32, 64)
+    model = build_segmentor_to_time(TINY_CONFIG, calibration_shape=shape)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(bool((n.weight == 1).all()) for n in norms)
+    stem = model.backbone.stem.conv3x3
+    inputs = smooth_inputs(2, shape, 'cpu', seed=1).double()
+    out = F.conv2d(inputs, stem.conv.weight.double(), None, stem.conv.stride,
+                   stem.conv.padding, stem.conv.dilation, stem.conv.groups)
+    torch.testing.assert_close(stem.bn.running_mean.double(), out.mean((0, 2, 3)),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stem.bn.running_var.double(),
+                               out.var((0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
+    assert not model.training
 
 
 @pytest.fixture(scope='module')

@@ -32,10 +32,11 @@ from ..export import (SegmentorForExport, export_onnx, image_batch, prepare_for_
                       synthetic_image)
 from ..inference import prepare_for_inference
 from ..onnx_backend import OnnxGraph, OnnxModelError, is_onnx_file
-from .benchmark import BenchmarkSettings, arch_of, check_onnx_runtime_settings
+from .benchmark import (BenchmarkSettings, Target, arch_of, check_onnx_runtime_settings,
+                        target_record)
 from .models import build_segmentor_to_time
-from .record import SpeedRecord, add_ratios, make_record
-from .timing import environment, time_calls
+from .record import SpeedRecord, add_ratios
+from .timing import time_calls
 
 #: Generated images the INT8 model made here is calibrated on.
 SPEED_CALIBRATION_IMAGES = 2
@@ -148,15 +149,12 @@ def compare_backends(config, settings: BenchmarkSettings, checkpoint=None,
     timings = time_calls([b.run for b in backends], settings.warmup, 1, 'cpu',
                          rounds=settings.iters, memory=False, name=stem)
     gflops = count_flops(model, settings.shape) if settings.count_flops else None
-    params = sum(p.numel() for name, p in model.named_parameters()
-                 if 'auxiliary_head' not in name)
-    records = [make_record(
-        timing, settings.batch, settings.warmup, gflops, name=f'{stem} {backend.name}',
-        config=str(config), arch=arch_of(model), task='segmentation', fused=True,
-        dtype=backend.dtype, channels_last=False, shape=list(settings.shape), device='cpu',
-        backend=backend.backend, params_m=params / 1e6, tf32=None, fast_pooling=True,
-        label_agreement=alike, environment=environment('cpu'))
-        for backend, timing, alike in zip(backends, timings, agreement)]
+    records = []
+    for backend, timing, alike in zip(backends, timings, agreement):
+        target = Target(f'{stem} {backend.name}', model, backend.run, None, 'segmentation',
+                        str(config), arch_of(model), True, backend.backend, dtype=backend.dtype)
+        records.append(target_record(target, settings, timing, gflops))
+        records[-1].label_agreement = alike
     return add_ratios(records)
 
 
