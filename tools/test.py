@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Evaluate a segmentor checkpoint (mmsegmentation's tools/test.py, with checks).
+"""Evaluate a segmentor checkpoint (mmsegmentation's tools/test.py, with checks), or a
+classifier's top-1 / top-5 with a configs/classification config (any RepVGG weights:
+the authors', timm, mmpretrain, tools/train.py; --out DIR writes DIR/predictions.json).
 
 Fuses every RepVGG block before testing (same labels, faster; --no-fuse tests the
 train-time branches). Prints the per-class IoU / Acc table and mIoU, mAcc, aAcc, and
@@ -46,7 +48,40 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def run_classification(args):
+    """A classification config (configs/classification): top-1 / top-5, --out writes
+    <DIR>/predictions.json (repseg.classification.runner)."""
+    from mmengine.dist import get_rank
+
+    from repseg.classification import require_mmpretrain
+
+    require_mmpretrain()
+    from repseg.classification.runner import PREDICTIONS_FILE, run_test
+    from repseg.cli import parse_cfg_options
+    from repseg.errors import InvalidArgumentError
+    from repseg.fileio import check_output_location, claim_outputs
+
+    for flag, on in (('--show-dir', args.show_dir), ('--tta', args.tta)):
+        if on:
+            raise InvalidArgumentError(f'{flag} is for segmentation configs; '
+                                       f'{args.config} is a classification config')
+    if args.out:
+        check_output_location(args.out, is_folder=True, what='--out')
+        claim_outputs([Path(args.out) / PREDICTIONS_FILE], args.force, 'another --out folder')
+    metrics = run_test(args.config, args.checkpoint, work_dir=args.work_dir, out=args.out,
+                       fp16=args.fp16, cfg_options=parse_cfg_options(args.cfg_options),
+                       launcher=args.launcher, skip_data_check=args.skip_data_check,
+                       fuse=args.fuse, bf16=args.bf16)
+    if get_rank() == 0:
+        print('  '.join(f"{name} {metrics[key]:.2f}" for name, key in (
+            ('top-1', 'accuracy/top1'), ('top-5', 'accuracy/top5')) if key in metrics))
+
+
 def run(args):
+    from repseg.classification import is_classification_config
+
+    if is_classification_config(args.config):
+        return run_classification(args)
     from mmengine.dist import get_rank
 
     from repseg.cli import parse_cfg_options

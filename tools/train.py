@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train a segmentor (mmsegmentation's tools/train.py, with pre-flight checks).
+"""Train a segmentor (mmsegmentation's tools/train.py, with pre-flight checks), or a
+classifier with a configs/classification config (mmpretrain's datasets and recipes).
 
 Before anything is built, the config, dataset, and pretrained weights are checked; a
 problem is reported in one paragraph and the tool exits with status 2. Without CUDA,
@@ -38,8 +39,14 @@ def parse_args(argv=None):
 
 
 def run(args):
+    from repseg.classification import is_classification_config, require_mmpretrain
     from repseg.cli import parse_cfg_options
-    from repseg.mmseg.runner import run_train
+
+    if is_classification_config(args.config):  # configs/classification: mmpretrain's stack
+        require_mmpretrain()
+        from repseg.classification.runner import run_train
+    else:
+        from repseg.mmseg.runner import run_train
 
     run_train(args.config, work_dir=args.work_dir, resume=args.resume, amp=args.amp,
               cfg_options=parse_cfg_options(args.cfg_options), launcher=args.launcher,

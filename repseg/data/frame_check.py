@@ -134,12 +134,13 @@ def size_problem(img, image_hw: Sequence[int], label, label_hw: Sequence[int]) -
 
 
 def frame_problem(img, label, rules: FrameRules) -> Optional[str]:
-    """Decode one image/label pair as mmseg's loaders would; why it fails, or None."""
+    """Decode one image/label pair as mmseg's loaders would; why it fails, or None.
+    ``label`` None checks the image alone (a classification image)."""
     image = cv2.imread(str(img), COLOR_TYPE_FLAGS[rules.color_type])
     if image is None:
         return f"cannot read image '{img}': not a readable image (corrupt or truncated file?)"
     problem = channels_problem(image, img, rules.color_type, rules.channels)
-    if problem:
+    if problem or label is None:
         return problem
     seg = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
     if seg is None:
@@ -163,13 +164,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _stamp(img: Path, label: Path) -> Optional[list]:
-    """What the cache compares: both files' size and mtime (None if one is missing)."""
+def _stamp(img: Path, label: Optional[Path]) -> Optional[list]:
+    """What the cache compares: both files' size and mtime (None if one is missing; a
+    missing ``label`` counts as 0, 0)."""
     try:
-        a, b = img.stat(), label.stat()
+        a = img.stat()
+        b = label.stat() if label is not None else None
     except OSError:
         return None
-    return [a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns]
+    return [a.st_size, a.st_mtime_ns, b.st_size if b else 0, b.st_mtime_ns if b else 0]
 
 
 def _read_cache(path: Optional[Path], rules: FrameRules) -> dict:
@@ -224,7 +227,7 @@ def check_frames(pairs: Iterable[tuple], rules: FrameRules = FrameRules(),
     """Check every ``(image, label)`` pair; return all problems at once.
 
     Args:
-        pairs: image and label paths.
+        pairs: image and label paths (label None: the image alone).
         rules: what a frame must satisfy.
         cache: cache file (see :func:`cache_file`); pairs recorded there with the same
             sizes and mtimes are not decoded again; the passes of this call are added.
@@ -236,7 +239,7 @@ def check_frames(pairs: Iterable[tuple], rules: FrameRules = FrameRules(),
         desc: label of the bar.
     """
     start = time.perf_counter()
-    pairs = [(Path(img), Path(label)) for img, label in pairs]
+    pairs = [(Path(img), None if label is None else Path(label)) for img, label in pairs]
     cached = _read_cache(cache, rules)
     passed, pending = {}, []
     for img, label in pairs:

@@ -4,7 +4,7 @@ The toy set lets classification (training, evaluation, fusion, prediction) run i
 seconds on a CPU without the 150 GB ImageNet download. Each of its ten classes is a
 shape or a texture (disc, square, triangle, ring, cross, three stripe directions,
 checkerboard, dots) drawn with OpenCV in random colours, size and position over a
-grained, tinted background, so colour tells nothing and a small CNN learns the class
+grained, tinted background, so colour tells nothing (only the brightness contrast is kept) and a small CNN learns the class
 from form alone.
 
 The files follow both val layouts users hold: class folders (``train/<class>/*.JPEG``,
@@ -32,13 +32,14 @@ CLASSES = ('c0_disc', 'c1_square', 'c2_triangle', 'c3_ring', 'c4_cross',
 SPLITS = ('train', 'val')
 SUFFIX = '.JPEG'
 JPEG_QUALITY = 92
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def _colours(rng) -> tuple[np.ndarray, np.ndarray]:
-    """A background and a foreground colour at least 80 apart in some channel."""
+    """A background and a foreground colour whose brightness differs by at least 90."""
     while True:
         bg, fg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        if np.abs(bg - fg).max() >= 80:
+        if abs(float((bg - fg) @ LUMA)) >= 90:
             return bg, fg
 
 
@@ -51,8 +52,8 @@ def _stripes(h, w, angle, period, phase):
 def _shape_mask(index: int, rng, size: int) -> np.ndarray:
     """The foreground of class ``index`` as a boolean ``size`` x ``size`` mask."""
     mask = np.zeros((size, size), np.uint8)
-    r = size * rng.uniform(0.22, 0.36)
-    cx, cy = (size / 2 + rng.uniform(-0.12, 0.12, 2) * size)
+    r = size * rng.uniform(0.28, 0.4)
+    cx, cy = (size / 2 + rng.uniform(-0.08, 0.08, 2) * size)
     centre = (int(round(cx)), int(round(cy)))
     name = CLASSES[index].split('_', 1)[1]
     if name == 'disc':
@@ -95,9 +96,9 @@ def draw_image(index: int, rng, size: int = 80) -> np.ndarray:
     bg, fg = _colours(rng)
     mask = _shape_mask(index, rng, size)
     rgb = np.where(mask[..., None], fg, bg).astype(np.float32)
-    blotch = cv2.resize(rng.normal(0, 14, (4, 4, 3)).astype(np.float32), (size, size),
+    blotch = cv2.resize(rng.normal(0, 10, (4, 4, 3)).astype(np.float32), (size, size),
                         interpolation=cv2.INTER_CUBIC)
-    rgb += blotch + rng.normal(0, 6, (size, size, 3))
+    rgb += blotch + rng.normal(0, 5, (size, size, 3))
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -89,9 +89,15 @@ def preflight(cfg: Config, mode: str, config_name: str = 'the config') -> None:
 
 # Config keys --------------------------------------------------------------------------
 
-def _registries():
-    import mmseg.registry as registries
-    from mmseg.utils import register_all_modules
+def _registries(scope: Optional[str] = None):
+    """The registries a config of ``default_scope`` ``scope`` builds from: mmpretrain's
+    for classification configs (``repseg.classification``), else mmseg's."""
+    if scope == 'mmpretrain':
+        import mmpretrain.registry as registries
+        from mmpretrain.utils import register_all_modules
+    else:
+        import mmseg.registry as registries
+        from mmseg.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
     return registries
@@ -111,7 +117,7 @@ class Component:
 
 def components(cfg: Config, sections: Sequence[str]) -> Iterator[Component]:
     """Every component of ``sections`` of ``cfg`` (see :data:`SECTIONS`)."""
-    reg = _registries()
+    reg = _registries(cfg.get('default_scope'))
     for section in sections:
         node = cfg.get(section)
         if not node:
@@ -316,6 +322,8 @@ def dataset_problems(cfg: Config, loader_names: Sequence[str],
                 missing_roots.setdefault(root, []).append(path)
                 continue
             prefix = dataset.get('data_prefix') or {}
+            if not isinstance(prefix, Mapping):  # mmpretrain datasets: a folder name
+                prefix = dict(img_path=prefix)
             cls = DATASETS.get(dataset.get('type', ''))
             key = (root, prefix.get('img_path', ''), prefix.get('seg_map_path', ''))
             if key in seen or cls is None or not issubclass(cls, CityscapesDataset):

@@ -1,0 +1,8 @@
+# RepVGG-B3 on ImageNet-1k: the 200-epoch recipe (_base_/recipe_200e.py: label
+# smoothing, mixup, AutoAugment, warm-up);
+# tested at 224 after resizing the shorter side to 256 (PIL bilinear), as the published
+# top-1 was measured.
+#   python tools/test.py configs/classification/repvgg_b3_in1k.py RepVGG-B3-train.pth
+#   tools/dist_train.sh configs/classification/repvgg_b3_in1k.py 8
+_base_ = ['./_base_/recipe_200e.py']
+model = dict(backbone=dict(arch='B3'), head=dict(in_channels=2560))
