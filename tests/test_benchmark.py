@@ -16,9 +16,8 @@ pytestmark = pytest.mark.usefixtures('one_cpu_thread')
 
 def test_cli_times_tiny_segmentor_and_writes_json(tmp_path):
     out = tmp_path / 'bench.json'
-    load_tool('benchmark').main([str(TINY_CONFIG), '--shape', '32', '48', '--iters', '2',
-                                 '--warmup', '1', '--device', 'cpu', '--with-train-time',
-                                 '--threads', '1', '--json', str(out)])
+    argv = f'{TINY_CONFIG} --shape 32 48 --iters 2 --warmup 1 --device cpu --threads 1'
+    load_tool('benchmark').main([*argv.split(), '--with-train-time', '--json', str(out)])
     records = json.loads(out.read_text())
     assert [r['fused'] for r in records] == [False, True]
     for record in records:
