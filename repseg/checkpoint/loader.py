@@ -372,6 +372,10 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     backbone of a whole-segmentor checkpoint (:func:`backbone_of_segmentor`). Train-time
     weights load into a fused (``deploy=True``) model by fusing them; fused weights for
     a train-time model are refused. The classifier is dropped when the model has none.
+    Weights no model can predict with (NaN or Inf) and integer tensors where the model
+    holds floating-point ones (which ``load_state_dict`` would cast silently) are refused
+    with a :class:`CheckpointError` naming the keys; there is no switch to allow them:
+    to look at such a file, read it with ``torch.load``.
 
     Args:
         model: a :class:`repseg.RepVGG` or the mmseg backbone (anything whose state
