@@ -40,6 +40,7 @@ setup(
         'full': [MMCV_RANGE],
         'onnx': ['onnx', 'onnxruntime'],
         'tensorboard': ['tensorboard>=2.10'],  # tools/train.py --tensorboard
+        'cls': ['mmpretrain>=1.2,<1.3'],  # classification: configs/classification, classify
         'test': ['pytest', 'timm', 'mmpretrain>=1.2', 'onnx', 'onnxruntime',
                  'tensorboard>=2.10'],
     },

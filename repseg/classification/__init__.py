@@ -32,6 +32,7 @@ def require_mmpretrain():
 
 def classify(*args, **kwargs):
     """:func:`repseg.classification.predict.classify` (imports mmpretrain on first use)."""
+    require_mmpretrain()
     from .predict import classify as run
 
     return run(*args, **kwargs)
