@@ -188,6 +188,8 @@ def test_an_onnx_file_that_is_not_onnx_is_a_user_error(tmp_path):
     (['--matrix', str(TINY_CONFIG)], '--matrix has its own models'),
     (['--smoke', str(TINY_CONFIG)], 'only --matrix takes --smoke'),
     ([str(TINY_CONFIG), '--variants', '--compare', str(TINY_CONFIG)], 'drop --compare'),
+    ([str(TINY_CONFIG), '--rounds', '3'], '--rounds and --compile go with --variants'),
+    (['--matrix', '--rounds', '3'], 'drop --rounds'),
 ])
 def test_benchmark_modes_refuse_each_others_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -183,6 +183,9 @@ def run(args):
     if args.matrix:
         return run_matrix(args)
     _refuse(args, MATRIX_ONLY, 'only --matrix takes --smoke and the --profile options')
+    if args.variants is None:
+        _refuse(args, ('rounds', 'compile'), '--rounds and --compile go with --variants '
+                '(--compile also with --matrix)')
     settings = settings_from_args(args)
     claim_json(args)
     if args.pooling is not None:
@@ -252,7 +255,7 @@ def run_matrix(args) -> int:
     _refuse(args, ('config', 'checkpoint', 'shape', 'batch', 'fp16', 'channels_last',
                    'no_fuse', 'with_train_time', 'compare', 'paper', 'backend', 'cls',
                    'fast_pooling', 'threads', 'pooling', 'int8', 'bf16', 'variants',
-                   'cfg_options'), '--matrix has its own models, shapes and settings')
+                   'rounds', 'cfg_options'), '--matrix has its own models, shapes and settings')
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     check_device(args.device)
     claim_json(args)

@@ -21,7 +21,7 @@ variant's labels are compared with the float32 reference's on the same input
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -95,7 +95,7 @@ def measure_variants(config, settings: BenchmarkSettings, rounds: int = 2,
                             f'{rounds}, iters {settings.iters}, warmup {settings.warmup}')
     device = settings.device
     check_device(device)
-    settings.tf32 = False
+    settings = replace(settings, tf32=False)  # the reference is plain fp32
     settings.configure()
     inputs = smooth_inputs(settings.batch, settings.shape, device, seed)
     reference = build_segmentor_to_time(config, checkpoint, device, cfg_options, seed=seed)
