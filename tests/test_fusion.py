@@ -188,6 +188,26 @@ def test_segmentation_backbone_with_norm_cfg_eps_fuses_exactly(randomize_bn):
     assert relative_error(actual, expected) < 1e-9
 
 
+def test_deploy_backbone_fuses_on_load_with_its_norm_cfg_eps(randomize_bn):
+    """Train-time weights loaded into the fused (deploy) mmseg backbone of a config whose
+    ``norm_cfg`` has eps 1e-3 fold with that eps: the train-time forward is the oracle."""
+    from mmseg.registry import MODELS
+
+    def build(deploy):
+        return MODELS.build(dict(type='RepVGG', arch='A0', out_indices=(3,), deploy=deploy,
+                                 norm_cfg=dict(type='BN', eps=1e-3)))
+
+    torch.manual_seed(11)
+    train = randomize_bn(build(False), seed=12).to(DTYPE).eval()
+    for norm in (m for m in train.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_var.uniform_(0.01, 0.05)
+    deploy = build(True).to(DTYPE).eval()
+    repseg.load_checkpoint(deploy, train.state_dict())
+    x = torch.randn(1, 3, 32, 48, dtype=DTYPE)
+    with torch.no_grad():
+        assert relative_error(deploy(x)[-1], train(x)[-1]) < 1e-9
+
+
 # ---------------------------------------------------------------- whole models
 
 @pytest.mark.parametrize('arch', list(repseg.ARCH_SETTINGS))

@@ -21,8 +21,6 @@ from .layouts import CLASSIFIER, LAYOUTS, KeyLayout
 from .sources import (DOWNLOAD_SCHEMES, SAFETENSORS_SUFFIX, read_checkpoint_file,
                       resolve_checkpoint, url_scheme)
 
-# All three public implementations build their BNs with PyTorch's default eps.
-BN_EPS = 1e-5
 WRAPPER_KEYS = ('state_dict', 'model')
 OPTIONAL_SUFFIX = 'num_batches_tracked'
 #: How files written by ``torch.save`` begin: a zip archive (torch >= 1.6) or a pickle.
@@ -262,20 +260,24 @@ def to_repseg_keys(state: Mapping[str, torch.Tensor], layout: KeyLayout):
     return renamed, unknown
 
 
-def _bn_stats(state, prefix) -> BatchNormStats:
+def _bn_stats(state, prefix, eps: float) -> BatchNormStats:
     return BatchNormStats(state[f'{prefix}.running_mean'], state[f'{prefix}.running_var'],
-                          state[f'{prefix}.weight'], state[f'{prefix}.bias'], BN_EPS)
+                          state[f'{prefix}.weight'], state[f'{prefix}.bias'], eps)
 
 
 def fuse_block_tensors(state: Mapping[str, torch.Tensor], prefix: str, block: RepVGGBlock):
-    """The fused kernel and bias of the train-time block ``prefix`` stored in ``state``."""
+    """The fused kernel and bias of the train-time block ``prefix`` stored in ``state``.
+
+    The BNs fold with the eps ``block`` was built with (its ``norm_cfg``), which is the
+    eps the weights were trained with when the config matches the training one.
+    """
     branches = [fold_batch_norm(state[f'{prefix}.{part}.conv.weight'],
-                                _bn_stats(state, f'{prefix}.{part}.bn'))
+                                _bn_stats(state, f'{prefix}.{part}.bn', block.bn_eps))
                 for part in ('conv3x3', 'conv1x1')]
     if f'{prefix}.identity.weight' in state:
         kernel = identity_kernel(block.in_channels, block.groups,
                                  dtype=state[f'{prefix}.identity.weight'].dtype)
-        branches.append(fold_batch_norm(kernel, _bn_stats(state, f'{prefix}.identity')))
+        branches.append(fold_batch_norm(kernel, _bn_stats(state, f'{prefix}.identity', block.bn_eps)))
     return sum_branches(branches)
 
 

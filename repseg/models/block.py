@@ -79,6 +79,9 @@ class RepVGGBlock(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.dilation, self.groups = stride, dilation, groups
         self.with_cp = with_cp
+        # Kept by fused blocks too, so that train-time weights fused on load
+        # (repseg.load_checkpoint) fold with the eps of the config's norm layer.
+        self.bn_eps = float(norm_layer(1).eps)
         if deploy:
             self.fused = self._make_fused_conv()
         else:
