@@ -2,7 +2,8 @@
 
 Checkpoints, fused models and converted weights are written to a temporary name in the
 target's folder and renamed over the target (``os.replace`` is atomic on POSIX), so a
-crash or Ctrl-C mid-write never leaves a truncated file behind.
+crash, Ctrl-C or SIGTERM mid-write never leaves a truncated file behind (nor the
+temporary file).
 
 Every tool that writes files the user names (``convert.py DST``, ``deploy.py OUT_DIR``,
 ``export_onnx.py OUT``, ``infer.py --out-dir``, ``test.py --out``, ``benchmark.py --json``,
@@ -14,9 +15,11 @@ folder is refused before any work (:func:`check_output_location`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import torch
 from mmengine.logging import print_log
@@ -109,17 +112,40 @@ def claim_outputs(paths: Iterable[PathLike], force: bool, where: str = 'another 
     return existing
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler's stop) raises ``SystemExit(143)``
+    as Ctrl-C raises ``KeyboardInterrupt``, so ``finally`` clauses run: by default the
+    process would die at once and leave a half-written temporary file for good. Only the
+    main thread can set a handler; elsewhere the block runs as it is."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def write_atomically(path: PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result over ``path``; clean up on failure."""
+    """Call ``write(tmp_path)`` and rename the result over ``path``; clean up on failure,
+    Ctrl-C and SIGTERM."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _sigterm_as_exit():
+        try:
+            write(str(tmp))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def write_bytes_atomically(path: PathLike, data: bytes) -> None:

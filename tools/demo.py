@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ AGREEMENT_IMAGES = 8
 #: so no image it scores was calibrated on) and timed rounds per backend.
 INT8_CALIBRATION_IMAGES = 16
 INT8_TIMED_ROUNDS = 10
+#: Seconds a stopped demo waits for its running tool at each step of :func:`stop`.
+CHILD_STOP_WAIT_S = 5.0
 
 
 class DemoFailure(RuntimeError):
@@ -53,11 +56,39 @@ def announce(step: int, total: int, title: str) -> None:
 
 
 def run(*args: str) -> None:
-    """Run a repseg tool with this interpreter, output straight to the terminal."""
+    """Run a repseg tool with this interpreter, output straight to the terminal. If the
+    demo is stopped meanwhile (Ctrl-C, SIGTERM), the tool is stopped too and given time
+    to clean up (its checkpoint and model writes are atomic)."""
     command = [sys.executable, *args]
     print('$ python ' + ' '.join(args), flush=True)
-    if subprocess.run(command, cwd=ROOT).returncode != 0:
+    with subprocess.Popen(command, cwd=ROOT) as child:
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:  # a terminal's Ctrl-C reaches the tool too
+            stop(child, first=None)
+            raise
+        except BaseException:
+            stop(child, first=child.terminate)
+            raise
+    if code != 0:
         raise DemoFailure(f"step failed: python {' '.join(args)}")
+
+
+def stop(child: subprocess.Popen, first) -> None:
+    """End ``child``: ``first`` (None: wait for it to end by itself), then SIGTERM, then
+    SIGKILL, each given :data:`CHILD_STOP_WAIT_S`."""
+    for send in (first, child.terminate, child.kill):
+        if send is not None:
+            send()
+        try:
+            child.wait(timeout=CHILD_STOP_WAIT_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def majority_baseline(label_dir, num_classes: int = 19, ignore_index: int = 255):
@@ -158,6 +189,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # stop the running tool too (run)
     from repseg.data.cityscapes_layout import CLASSES
     from repseg.logs import silence_known_warnings
 
@@ -227,6 +259,9 @@ def main(argv=None):
     except DemoFailure as failure:
         print(f'\nDEMO FAILED: {failure}', file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print('\ndemo interrupted (Ctrl-C)', file=sys.stderr, flush=True)
+        sys.exit(130)
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     print(f'\ndemo done in {int(minutes)} min {seconds:.0f} s (training '
           f'{train_seconds:.0f} s): mIoU {miou:.2f} (baseline {baseline:.2f}), fused '

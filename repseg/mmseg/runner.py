@@ -36,6 +36,7 @@ from .frame_guard import FrameLoadError
 from .hooks import CityscapesLabelIdsHook, PerClassIoUMetric
 from .preflight import PreflightError, config_problems, preflight
 from .tensorboard import add_tensorboard
+from .workdir import check_resume, work_dir_lock
 
 __all__ = ['PreflightError', 'build_runner', 'checked_weights', 'config_problems',
            'configure_test', 'enable_amp', 'init_distributed', 'preflight', 'prepare_config',
@@ -155,7 +156,9 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
         config: config file path.
         work_dir: where logs and checkpoints go (default ``work_dirs/<config stem>``).
         resume: continue from the latest checkpoint in ``work_dir`` (``last_checkpoint``),
-            with optimizer, scheduler and iteration.
+            with optimizer, scheduler and iteration; checked first
+            (:func:`repseg.mmseg.workdir.check_resume`). One training per work dir at a
+            time (:func:`repseg.mmseg.workdir.work_dir_lock`).
         amp: mixed precision (CUDA only).
         cfg_options: ``--cfg-options`` overrides.
         launcher: 'none', 'pytorch' (torchrun) or 'slurm'.
@@ -172,11 +175,15 @@ def run_train(config, work_dir: Optional[str] = None, resume: bool = False, amp:
     if tensorboard:
         add_tensorboard(cfg)
     preflight(cfg, 'train', str(config))
-    init_distributed(launcher)
-    runner = build_runner(cfg)
-    print_log(f'normalization layers: {norm_layer_summary(runner.model)}', logger='current')
-    with frame_failures_named(runner):
-        runner.train()
+    with work_dir_lock(cfg.work_dir):
+        if resume:
+            check_resume(cfg)
+        init_distributed(launcher)
+        runner = build_runner(cfg)
+        print_log(f'normalization layers: {norm_layer_summary(runner.model)}',
+                  logger='current')
+        with frame_failures_named(runner):
+            runner.train()
     return runner
 
 
