@@ -150,6 +150,17 @@ def cpu_has_fast_float16() -> bool:
         return False
 
 
+def half_precision_dtype(fp16: bool, bf16: bool) -> Optional[torch.dtype]:
+    """The dtype that every tool's ``--fp16`` / ``--bf16`` pair asks for (``None``: float32).
+
+    One place for the rule that the two switches exclude each other, so that the
+    segmentation and classification tools and APIs refuse the pair in the same words.
+    """
+    if fp16 and bf16:
+        raise InvalidArgumentError('--fp16 and --bf16 exclude each other; choose one')
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
+
+
 def prepare_for_inference(model: nn.Module, fuse: bool = True, fp16: bool = False,
                           channels_last: bool = False, fast_pooling: Optional[bool] = None,
                           half_dtype: torch.dtype = torch.float16) -> nn.Module:

@@ -200,14 +200,13 @@ def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
     model is cast to float16 (bfloat16). An ``.onnx`` checkpoint (fp32 or INT8) runs in
     ONNX Runtime on the CPU (:mod:`repseg.onnx_backend`). Returns the model in eval mode.
     """
-    from .inference import prepare_for_inference
+    from .inference import half_precision_dtype, prepare_for_inference
     from .mmseg.builder import build_segmentor, load_config
     from .onnx_backend import is_onnx_file, load_onnx_segmentor, refuse_precision_flags
 
     if not Path(config).is_file():
         raise InputError(f'config file not found: {config}')
-    if fp16 and bf16:
-        raise InputError('--fp16 and --bf16 exclude each other; choose one')
+    half_dtype = half_precision_dtype(fp16, bf16)
     cfg = load_config(config)
     if is_onnx_file(checkpoint):
         from mmseg.utils import register_all_modules
@@ -218,8 +217,8 @@ def load_segmentor(config, checkpoint, device: str = 'cpu', fp16: bool = False,
         register_all_modules(init_default_scope=True)
         return load_onnx_segmentor(cfg, checkpoint)
     model = build_segmentor(cfg, checkpoint, 'cpu')
-    prepare_for_inference(model, fuse=fuse, fp16=fp16 or bf16,
-                          half_dtype=torch.bfloat16 if bf16 else torch.float16)
+    prepare_for_inference(model, fuse=fuse, fp16=half_dtype is not None,
+                          half_dtype=half_dtype or torch.float16)
     return model.to(device)
 
 
