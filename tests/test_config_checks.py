@@ -125,3 +125,16 @@ def test_schedule_follows_overridden_max_iters(monkeypatch):
     assert kept.param_scheduler[1].end == 300
     short = prepare_config(DEMO_CONFIG, {'train_cfg.max_iters': 10})
     assert short.param_scheduler[1].end == 300  # begins at 20: never runs, left alone
+
+
+def test_a_section_override_is_the_users_choice_too():
+    """``default_hooks.checkpoint=dict(..., interval=1000)`` sets the interval as much as
+    ``default_hooks.checkpoint.interval=1000`` does; the keys outside it still follow."""
+    hook = dict(type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=2)
+    cfg = prepare_config(DEMO_CONFIG, {'train_cfg.max_iters': 50,
+                                       'default_hooks.checkpoint': hook})
+    assert cfg.default_hooks.checkpoint.interval == 1000
+    assert cfg.train_cfg.val_interval == 50 and cfg.param_scheduler[1].end == 50
+    loop = prepare_config(DEMO_CONFIG, {'train_cfg': dict(type='IterBasedTrainLoop',
+                                                          max_iters=50, val_interval=400)})
+    assert loop.train_cfg.val_interval == 400 and loop.param_scheduler[1].end == 50

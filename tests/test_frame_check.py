@@ -216,3 +216,22 @@ def test_frame_failing_mid_run_names_file_and_iteration(toy, tmp_path, single_th
     assert '(while loading the batch of training iteration 2)' in message
     assert 'continue from the last checkpoint with --resume' in message
     assert 'Traceback' not in message
+
+
+@pytest.mark.parametrize('which', [0, 1], ids=['image', 'label'])
+def test_cache_notices_a_new_mtime_alone(tmp_path, monkeypatch, which):
+    """A file replaced by one of the same size (a re-export, a restored backup) differs
+    only in its mtime; each of the pair's two files must count on its own."""
+    pairs = write_pairs(tmp_path, 3)
+    cache = tmp_path / 'cache.json'
+    check_frames(pairs, cache=cache, progress=False)
+    decoded = []
+    real = frame_check.frame_problem
+    monkeypatch.setattr(frame_check, 'frame_problem',
+                        lambda img, label, rules: decoded.append(img.name) or real(img, label, rules))
+    touched = pairs[1][which]
+    size = touched.stat().st_size
+    os.utime(touched, ns=(10**9, 10**9))
+    assert touched.stat().st_size == size
+    again = check_frames(pairs, cache=cache, progress=False)
+    assert (again.decoded, again.from_cache, decoded) == (1, 2, [pairs[1][0].name])

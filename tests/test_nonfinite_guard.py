@@ -83,3 +83,39 @@ def test_cli_train_with_huge_lr_stops_with_only_finite_checkpoints(tmp_path):
         assert Path((work_dir / POINTER_FILE).read_text()) in saved
     else:  # NaN at the first iteration: nothing saved, no pointer
         assert not (work_dir / POINTER_FILE).exists()
+
+
+class _Hub:
+    def get_info(self, key):
+        return None
+
+
+def stub_runner(state=None):
+    """What the guard reads of a Runner: the iteration, the message hub, the model."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(state_dict=lambda: state or {})
+    return SimpleNamespace(iter=6, message_hub=_Hub(), model=model, optim_wrapper=None,
+                           logger=None)
+
+
+@pytest.mark.parametrize('value', [float('inf'), float('-inf')])
+def test_infinite_loss_stops_like_nan(value):
+    """Every other guard test uses NaN; an overflowing loss is +-Inf, not NaN."""
+    outputs = {'loss_ce': torch.tensor(0.5), 'loss_aux': torch.tensor(value)}
+    with pytest.raises(NonFiniteError, match=f'iteration 7: the loss is not finite '
+                                             rf'\(loss_ce=0.5, loss_aux={value}\)'):
+        NonFiniteLossHook(1).after_train_iter(stub_runner(), 0, outputs=outputs)
+    NonFiniteLossHook(1).after_train_iter(stub_runner(), 0,
+                                          outputs={'loss': torch.tensor(1e30)})
+
+
+def test_infinite_weight_is_never_saved():
+    from repseg.mmseg.nonfinite import refuse_nonfinite_weights
+
+    state = {'a': torch.ones(3), 'b': torch.tensor([1.0, float('inf')]),
+             'steps': torch.tensor([2 ** 40])}
+    with pytest.raises(NonFiniteError, match=r'1 of 3 tensors of the model hold NaN or Inf '
+                                             r'\(b\)'):
+        refuse_nonfinite_weights(stub_runner(state), 'checkpoint iter_7.pth')
+    refuse_nonfinite_weights(stub_runner({'a': torch.ones(3)}), 'checkpoint iter_7.pth')
