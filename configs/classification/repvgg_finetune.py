@@ -22,7 +22,7 @@ dataset_type = 'CustomDataset'
 train_dataloader = dict(dataset=dict(type=dataset_type, data_root=data_root))
 val_dataloader = dict(dataset=dict(type=dataset_type, data_root=data_root))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1, ))
+val_evaluator = dict(type='Accuracy', topk=(1, ), thrs=None)
 test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 param_scheduler = dict(T_max=max_epochs, end=max_epochs)
