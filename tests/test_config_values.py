@@ -32,6 +32,8 @@ def assert_one_error(status, err, phrase):
     ('train_cfg.val_interval=-5', 'train_cfg.val_interval is -5 (int): expected a whole number'),
     ('train_dataloader.batch_size=0', 'train_dataloader.batch_size is 0 (int): expected a '
                                       'whole number >= 1'),
+    ('train_dataloader.batch_size=True', 'train_dataloader.batch_size is True: expected a '
+                                         'whole number >= 1'),  # bool is an int in Python
     ('val_dataloader.num_workers=-1', 'val_dataloader.num_workers is -1 (int): expected a '
                                       'whole number >= 0'),
     ('train_dataloader.persistent_workers=yes', "persistent_workers is the text 'yes': "

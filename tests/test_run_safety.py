@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from repseg.data.toy_city import make_toy_cityscapes
+from repseg.fileio import write_atomically, write_bytes_atomically
 from repseg.mmseg import workdir
 from repseg.mmseg.builder import build_segmentor, load_config
 from test_error_matrix import run_tool
@@ -199,6 +200,27 @@ def default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def test_atomic_write_gives_back_the_sigterm_handler_it_found(tmp_path):
+    """The write's own handler lasts as long as the write: a tool's or a launcher's
+    handler is in place again afterwards, also after a failed write."""
+    def tools_handler(signum, frame):
+        pass
+
+    def disk_full(tmp):
+        assert signal.getsignal(signal.SIGTERM) is not tools_handler
+        raise OSError('disk full')
+
+    previous = signal.signal(signal.SIGTERM, tools_handler)
+    try:
+        write_bytes_atomically(tmp_path / 'a.bin', b'data')
+        assert signal.getsignal(signal.SIGTERM) is tools_handler
+        with pytest.raises(OSError, match='disk full'):
+            write_atomically(tmp_path / 'b.bin', disk_full)
+        assert signal.getsignal(signal.SIGTERM) is tools_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_stopped_demo_stops_its_running_tool(tmp_path, signum):
     """tools/demo.py (a copy, so that its first step runs a stand-in tool in a scratch
@@ -235,3 +257,22 @@ def test_stopped_demo_stops_its_running_tool(tmp_path, signum):
     assert (tmp_path / 'stopped_by').read_text() == signum.name  # it could clean up
     with pytest.raises(ProcessLookupError):
         os.kill(tool, 0)
+
+
+def test_the_offered_load_from_is_what_resume_then_checks(toy, state, tmp_path):
+    """Following the advice (``--resume --cfg-options load_from=iter_2.pth``) passes the
+    check although ``last_checkpoint`` still names the deleted file; a broken
+    ``load_from`` is named as such."""
+    from repseg.mmseg.config import prepare_config
+
+    work_dir = work_dir_with(tmp_path / 'work', state, 'iter_6.pth')
+    for name, refusal in (('iter_2.pth', None), ('iter_4.pth', 'which cannot be read')):
+        cfg = prepare_config(DEMO_CONFIG, {**toy_options(toy),
+                                           'load_from': str(work_dir / name)}, str(work_dir))
+        cfg.resume = True
+        if refusal is None:
+            workdir.check_resume(cfg)
+        else:
+            with pytest.raises(workdir.ResumeError,
+                               match=f'--resume: load_from={work_dir / name}, {refusal}'):
+                workdir.check_resume(cfg)
