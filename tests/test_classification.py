@@ -285,3 +285,26 @@ def test_topk_out_of_range(trained, toy, topk, message, capsys):
         load_tool('classify').main([str(trained), str(image), '--topk', topk])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_onnx_model_through_onnx_runtime(toy, trained, tested, tmp_path):
+    """An exported classifier tested by ONNX Runtime predicts as the PyTorch model."""
+    pytest.importorskip('onnxruntime')
+    from mmpretrain.registry import MODELS
+
+    from repseg.mmseg.config_file import read_config
+
+    cfg = read_config(TOY_CONFIG)
+    model_cfg = cfg.model.to_dict()
+    model_cfg['data_preprocessor'] = cfg.data_preprocessor.to_dict()
+    model = MODELS.build(model_cfg)
+    cls_model.load_classifier_weights(model, trained)
+    runner.export_classifier_onnx(model.eval(), tmp_path / 'toy.onnx', size=CROP)
+    metrics = runner.run_test(TOY_CONFIG, tmp_path / 'toy.onnx', work_dir=str(tmp_path),
+                              out=str(tmp_path), cfg_options=_test_options(toy))
+    record = json.loads((tmp_path / 'metrics.json').read_text())
+    assert record['backend'] == 'onnxruntime'
+    onnx_top = [p['topk'][0]['index'] for p in json.loads(
+        (tmp_path / runner.PREDICTIONS_FILE).read_text())]
+    assert onnx_top == [p['topk'][0]['index'] for p in tested[1]]
+    assert metrics['accuracy/top1'] == tested[0]['accuracy/top1']
