@@ -1,6 +1,8 @@
 """Config values: what a component would refuse with a traceback, or a setting that
 would silently do nothing, is refused first with the key, the value and the fix; a
 combination torch refuses (no workers to keep) is fixed up with a log line."""
+import logging
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,17 +14,35 @@ from torch.utils.data import DataLoader
 from repseg.mmseg import config as config_module
 from repseg.mmseg.builder import build_segmentor, load_config
 from repseg.mmseg.config import prepare_config
-from test_error_matrix import run_tool
+from test_error_matrix import run_tool as run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / 'configs/demo/pspnet_repvgg_a0_toycity.py'
 
 
-def assert_one_error(status, err, phrase):
-    assert status == 2, err[-2000:]
-    assert err.startswith('error: ') and err.count('error: ') == 1, err[-2000:]
-    assert 'Traceback' not in err
-    assert phrase in ' '.join(err.split()), err[-2000:]
+def run_tool_now(tool, argv, capsys):
+    """:func:`test_error_matrix.run_tool` with mmengine's current logger writing to this
+    test's capture (a logger made during an earlier test holds that test's closed one)
+    and stderr without what fixtures printed first."""
+    from mmengine.logging import MMLogger
+
+    for handler in MMLogger.get_current_instance().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, 'closed', 0):
+            handler.stream = sys.stdout  # setStream would flush the closed one
+    capsys.readouterr()
+    return run_in_process(tool, argv, capsys)
+
+
+def assert_one_error(status, err, *phrases):
+    """Exit status 2 and one ``error:`` paragraph (after nothing but the data check's
+    progress bars) holding every phrase."""
+    assert status == 2, err[-3000:]
+    start = err.find('error: ')
+    assert start == 0 or err[start - 1] == '\n', err[-3000:]
+    assert err.count('error: ') == 1 and 'Traceback' not in err, err[-3000:]
+    flat = ' '.join(err.split())
+    for phrase in phrases:
+        assert phrase in flat, err[-3000:]
 
 
 @pytest.mark.parametrize('option, phrase', [
@@ -53,7 +73,7 @@ def assert_one_error(status, err, phrase):
 ], ids=lambda value: value.split('=')[0] if '=' in value and ' ' not in value else '')
 def test_train_refuses_a_value_the_component_cannot_take(option, phrase, tmp_path, capsys):
     work_dir = tmp_path / 'work'
-    status, err = run_tool('train', [str(DEMO_CONFIG), '--work-dir', str(work_dir),
+    status, err = run_tool_now('train', [str(DEMO_CONFIG), '--work-dir', str(work_dir),
                                      '--cfg-options', option], capsys)
     assert_one_error(status, err, phrase)
     assert not work_dir.exists()
@@ -76,7 +96,7 @@ def test_every_bad_value_is_named_at_once_and_good_values_pass():
 def test_empty_config_file_is_named(tmp_path, capsys):
     empty = tmp_path / 'empty.py'
     empty.write_text('')
-    status, err = run_tool('train', [str(empty), '--work-dir', str(tmp_path / 'work')], capsys)
+    status, err = run_tool_now('train', [str(empty), '--work-dir', str(tmp_path / 'work')], capsys)
     assert_one_error(status, err, f"config file {empty} defines no 'model': it sets nothing "
                                   '(it is empty)')
     assert not (tmp_path / 'work').exists()
@@ -91,7 +111,7 @@ def test_sliding_window_config_without_its_window_is_refused_by_every_tool(tmp_p
     checkpoint = tmp_path / 'seg.pth'
     torch.save({'state_dict': build_segmentor(load_config(DEMO_CONFIG)).state_dict()},
                checkpoint)
-    status, err = run_tool('infer', [str(config), str(checkpoint), str(image), '--out-dir',
+    status, err = run_tool_now('infer', [str(config), str(checkpoint), str(image), '--out-dir',
                                      str(tmp_path / 'out')], capsys)
     assert_one_error(status, err, f"{config}: model.test_cfg: mode 'slide' needs stride")
     assert not (tmp_path / 'out').exists()
@@ -100,7 +120,7 @@ def test_sliding_window_config_without_its_window_is_refused_by_every_tool(tmp_p
 def test_bad_value_in_the_config_file_is_named_before_training(tmp_path, capsys):
     config = tmp_path / 'zero_batch.py'
     config.write_text(f"_base_ = ['{DEMO_CONFIG}']\ntrain_dataloader = dict(batch_size=0)\n")
-    status, err = run_tool('train', [str(config), '--work-dir', str(tmp_path / 'work')], capsys)
+    status, err = run_tool_now('train', [str(config), '--work-dir', str(tmp_path / 'work')], capsys)
     assert_one_error(status, err, f'{config}: train_dataloader.batch_size is 0 (int): '
                                   'expected a whole number >= 1')
     assert not (tmp_path / 'work').exists()
