@@ -263,3 +263,23 @@ def test_the_offered_load_from_is_what_resume_then_checks(toy, state, tmp_path):
             with pytest.raises(workdir.ResumeError,
                                match=f'--resume: load_from={work_dir / name}, {refusal}'):
                 workdir.check_resume(cfg)
+
+
+def test_resume_check_builds_a_classifier_from_mmpretrain(tmp_path):
+    """Classification training runs through the same ``run_train``: its model is built
+    from mmpretrain's registry (mmseg's has no ImageClassifier)."""
+    from repseg.mmseg.config import prepare_config
+    from repseg.mmseg.preflight import config_problems
+
+    cfg = prepare_config(ROOT / 'configs/classification/repvgg_a0_toy.py', None,
+                         str(tmp_path / 'work'))
+    assert config_problems(cfg, 'train') == []  # registers mmpretrain's modules
+    state = workdir._model_state(cfg)
+    assert any(key.startswith('head.') for key in state)
+    work_dir = work_dir_with(tmp_path / 'work', {**state, 'head.fc.weight': torch.zeros(3, 3)},
+                             'iter_2.pth', truncated=())
+    cfg.resume = True
+    with pytest.raises(workdir.ResumeError, match="head.fc.weight"):
+        workdir.check_resume(cfg)
+    torch.save({'state_dict': state}, work_dir / 'iter_2.pth')
+    workdir.check_resume(cfg)

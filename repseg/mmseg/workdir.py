@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 from ..checkpoint import CheckpointError
 from ..checkpoint.loader import describe_mismatch, key_mismatch
 from ..errors import UserError
-from .builder import build_segmentor, read_segmentor_checkpoint, segmentor_of
+from .builder import plain_bn, read_segmentor_checkpoint, segmentor_of
 from .hooks import POINTER_FILE
 
 #: The lock file in a work dir while a training runs there: ``<pid> <host>``.
@@ -155,6 +155,17 @@ def _what_survives(work_dir: Path, broken: Path) -> str:
             f'--cfg-options load_from={intact}')
 
 
+def _model_state(cfg: Config) -> dict:
+    """The state dict of the model ``cfg`` builds (plain BN, no weights loaded), from the
+    registry of its default scope: mmseg's segmentors, mmpretrain's classifiers."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    init_default_scope(cfg.get('default_scope') or 'mmseg')
+    model_cfg = plain_bn(cfg.model)
+    model_cfg.pop('pretrained', None)
+    return segmentor_of(MODELS.build(model_cfg)).state_dict()
+
+
 def check_resume(cfg: Config) -> None:
     """Refuse ``--resume`` (``cfg.resume``) when the checkpoint it would continue from
     (``cfg.load_from``, else the one ``last_checkpoint`` names) is gone, unreadable, or
@@ -177,8 +188,7 @@ def check_resume(cfg: Config) -> None:
     except CheckpointError as error:
         raise ResumeError(f'--resume: {named}, which cannot be read: {error}. '
                           + _what_survives(work_dir, target)) from None
-    model = segmentor_of(build_segmentor(cfg)).state_dict()
-    parts = describe_mismatch(*key_mismatch(state, model), limit=6)
+    parts = describe_mismatch(*key_mismatch(state, _model_state(cfg)), limit=6)
     if parts:
         raise ResumeError(
             f"--resume: {named}, whose weights do not fit the model of the config "
