@@ -268,10 +268,10 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     Returns:
         ``{'mIoU': ..., 'mAcc': ..., 'aAcc': ..., 'per_class': {...}}`` (percent).
     """
+    from ..inference import half_precision_dtype
     from ..onnx_backend import is_onnx_file
 
-    if fp16 and bf16:
-        raise PreflightError('--fp16 and --bf16 exclude each other; choose one')
+    half_precision_dtype(fp16, bf16)  # the pair is refused before anything is built
     onnx = is_onnx_file(checkpoint)
     cfg = prepare_config(config, cfg_options, work_dir, launcher)
     if skip_data_check:
