@@ -10,11 +10,15 @@
 7. quantize the fused model to INT8 (ONNX Runtime, accuracy gate), test it, and time
    PyTorch fp32, ONNX Runtime fp32 and INT8 on one CPU thread
 8. write overlays of the val images to work_dirs/demo/overlays
+9. classification: draw the toy ImageNet (data/toy_imagenet), train RepVGG-A0 on it
+   briefly (configs/classification/repvgg_a0_toy.py), test top-1 train-time and fused
+   (the same), classify a few images
 
 Every step is the command a user would type (deploy, quantize, benchmark and infer with
 --force, so that the demo runs again over its own outputs). The demo fails loudly (exit
 status 1) if the model does not beat the baseline by a wide margin, fusion changes the
-mIoU, or the INT8 model loses more than 1 mIoU point (tools/quantize.py's gate).
+mIoU, or the INT8 model loses more than 1 mIoU point (tools/quantize.py's gate), or the
+toy classifier does not beat chance by a wide margin or changes its top-1 when fused.
 """
 import argparse
 import copy
@@ -43,6 +47,11 @@ AGREEMENT_IMAGES = 8
 #: so no image it scores was calibrated on) and timed rounds per backend.
 INT8_CALIBRATION_IMAGES = 16
 INT8_TIMED_ROUNDS = 10
+#: Classification step: the toy ImageNet (10 classes, chance 10% top-1) and its model.
+CLS_CONFIG = 'configs/classification/repvgg_a0_toy.py'
+CLS_DATA_ROOT = Path('data/toy_imagenet')
+CLS_WORK_DIR = WORK_DIR / 'classification'
+CLS_MIN_TOP1 = 25.0
 #: Seconds a stopped demo waits for its running tool at each step of :func:`stop`.
 CHILD_STOP_WAIT_S = 5.0
 
@@ -185,6 +194,29 @@ def int8_step(fused_cfg: Path, fused_ckpt: Path, fp32_miou: float) -> dict:
                 vs_torch=fps[('onnxruntime', 'int8')] / fps[('pytorch', 'float32')])
 
 
+def classification_step() -> dict:
+    """Toy ImageNet, brief training, top-1 train-time and fused, a few predictions."""
+    begin = time.perf_counter()
+    run('tools/make_toy_imagenet.py', str(CLS_DATA_ROOT), '--force')
+    run('tools/train.py', CLS_CONFIG, '--work-dir', str(CLS_WORK_DIR))
+    checkpoint = Path((ROOT / CLS_WORK_DIR / 'last_checkpoint').read_text().strip())
+    top1 = {}
+    for name, options in (('train-time', ['--no-fuse']), ('fused', [])):
+        work_dir = CLS_WORK_DIR / f'test_{name}'
+        run('tools/test.py', CLS_CONFIG, str(checkpoint), '--work-dir', str(work_dir), *options)
+        top1[name] = json.loads((ROOT / work_dir / 'metrics.json').read_text())['accuracy/top1']
+    images = sorted((ROOT / CLS_DATA_ROOT / 'val').rglob('*_0000.JPEG'))[::3]
+    run('tools/classify.py', str(checkpoint), *map(str, images), '--topk', '3',
+        '--input-size', '56')
+    if top1['train-time'] < CLS_MIN_TOP1:
+        raise DemoFailure(f"the toy classifier reached top-1 {top1['train-time']:.2f}, not "
+                          f'{CLS_MIN_TOP1:g} (chance: 10): training did not learn')
+    if abs(top1['fused'] - top1['train-time']) > 1e-6:
+        raise DemoFailure(f"fusing changed the toy top-1 from {top1['train-time']:.2f} to "
+                          f"{top1['fused']:.2f}")
+    return dict(top1, seconds=time.perf_counter() - begin)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,7 +227,7 @@ def main(argv=None):
 
     silence_known_warnings()
     start = time.perf_counter()
-    total = 8
+    total = 9
     try:
         announce(1, total, f'draw the toy city: {NUM_TRAIN} train / {NUM_VAL} val frames '
                            f'in {DATA_ROOT}')
@@ -256,6 +288,11 @@ def main(argv=None):
         run('tools/infer.py', str(fused_cfg), str(fused_ckpt),
             str(DATA_ROOT / 'leftImg8bit' / 'val'), '--out-dir', str(WORK_DIR / 'overlays'),
             '--batch-size', '4', '--no-progress', '--force')
+
+        announce(9, total, 'classification: RepVGG-A0 on the toy ImageNet (10 classes)')
+        cls = classification_step()
+        print(f"\ntoy ImageNet top-1 (chance 10): train-time {cls['train-time']:.2f}, fused "
+              f"{cls['fused']:.2f} ({cls['seconds']:.0f} s for the step)", flush=True)
     except DemoFailure as failure:
         print(f'\nDEMO FAILED: {failure}', file=sys.stderr, flush=True)
         sys.exit(1)
@@ -267,7 +304,8 @@ def main(argv=None):
           f'{train_seconds:.0f} s): mIoU {miou:.2f} (baseline {baseline:.2f}), fused '
           f'{fused_miou:.2f}, INT8 {int8["int8_miou"]:.2f}; fused inference '
           f'{stats["train_ms"] / stats["fused_ms"]:.2f}x faster, INT8 {int8["vs_ort"]:.2f}x '
-          f'ONNX Runtime fp32; outputs in {WORK_DIR}/', flush=True)
+          f'ONNX Runtime fp32; toy classification top-1 {cls["fused"]:.2f} (chance 10); '
+          f'outputs in {WORK_DIR}/', flush=True)
 
 
 if __name__ == '__main__':
