@@ -3,9 +3,10 @@
 # The ImageNet weights load into the backbone (any layout repseg reads: the authors'
 # RepVGG-B1-train.pth, timm/repvgg_b1.rvgg_in1k, an mmpretrain URL); the head is new.
 #   python tools/train.py configs/classification/repvgg_finetune.py --cfg-options \
-#     data_root=data/my_set model.head.num_classes=5 \
+#     train_dataloader.dataset.data_root=data/my_set \
+#     val_dataloader.dataset.data_root=data/my_set \
+#     model.head.num_classes=5 data_preprocessor.num_classes=5 \
 #     model.backbone.init_cfg.checkpoint=timm/repvgg_b1.rvgg_in1k
-# data_root and num_classes reach the datasets, the head and the data preprocessor
 # (the pre-flight checks that the class folders match the head). For another arch set
 # model.backbone.arch and model.head.in_channels (A0/A1/B0 1280, A2 1408, B1* 2048,
 # B2*/B3*/D2se 2560) with the matching checkpoint.

@@ -14,6 +14,7 @@ per-image predictions (``--out``) and ``.onnx`` models run by ONNX Runtime.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -194,7 +195,8 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
              skip_data_check: bool = False, fuse: bool = True, bf16: bool = False) -> dict:
     """``tools/test.py`` for a classification config: top-1 and top-5 (mmpretrain's
     ``Accuracy``), written to ``<work_dir>/metrics.json`` as ``accuracy/top1`` and
-    ``accuracy/top5`` on rank 0.
+    ``accuracy/top5`` on rank 0, with the images and the seconds of the whole test loop
+    (loading, model and metric: compare with ``tools/benchmark.py --cls``).
 
     Args:
         checkpoint: classifier weights of any layout or an ``.onnx`` model
@@ -232,14 +234,17 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         model.load_state_dict(weights)
         del weights
         seg_runner._prepare_for_test(model, fuse, fp16, bf16)
+    start = time.perf_counter()
     with seg_runner.frame_failures_named(runner):
         metrics = dict(runner.test())
+    seconds = time.perf_counter() - start
     if runner.rank == 0:
         path = Path(runner.work_dir) / seg_runner.METRICS_FILE
         record = dict(config=str(config), checkpoint=str(checkpoint), fp16=fp16, bf16=bf16,
                       fused=None if onnx else fuse,
                       backend='onnxruntime' if onnx else 'pytorch',
                       images=len(runner.test_dataloader.dataset),
+                      test_seconds=round(seconds, 3),  # loading, model and metric
                       **{k: round(float(v), 4) for k, v in metrics.items()})
         write_text_atomically(path, json.dumps(record, indent=2) + '\n')
         summary = '  '.join(f'{k} {float(v):.2f}' for k, v in metrics.items())
