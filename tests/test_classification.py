@@ -308,3 +308,20 @@ def test_onnx_model_through_onnx_runtime(toy, trained, tested, tmp_path):
         (tmp_path / runner.PREDICTIONS_FILE).read_text())]
     assert onnx_top == [p['topk'][0]['index'] for p in tested[1]]
     assert metrics['accuracy/top1'] == tested[0]['accuracy/top1']
+
+
+def test_cfg_options_typo_checked_against_mmpretrain(toy, tmp_path):
+    from repseg.mmseg.config_file import ConfigKeyError
+
+    with pytest.raises(ConfigKeyError, match="LinearClsHead has no argument 'num_clases'.*"
+                                             "'num_classes'"):
+        runner.run_train(TOY_CONFIG, work_dir=str(tmp_path), cfg_options={
+            'model.head.num_clases': 10, **dict(a.split('=') for a in data_roots(toy))})
+
+
+def test_missing_mmpretrain_names_the_extra(monkeypatch):
+    from repseg.classification import MissingExtraError, require_mmpretrain
+
+    monkeypatch.setitem(sys.modules, 'mmpretrain', None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'repseg\[cls\]'"):
+        require_mmpretrain()
