@@ -18,16 +18,15 @@ A tool's ``main`` therefore reads::
 
     def main(argv=None):
         args = parse_args(argv)          # argparse only
-        from repseg.cli import exit_on_user_error
-        with exit_on_user_error():
-            run(args)                    # imports repseg, does the work
+        from repseg.cli import run_tool
+        run_tool(run, args)              # run(args) imports repseg and does the work
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from .errors import InvalidArgumentError, UserError, VerificationError
 
@@ -70,6 +69,13 @@ def exit_on_user_error() -> Iterator[None]:
     except KeyboardInterrupt:
         _report('interrupted (Ctrl-C)')
         raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def run_tool(run: Callable[[Any], Any], args: Any) -> Any:
+    """``run(args)`` under :func:`exit_on_user_error`: the whole ``main`` of a tool once
+    its arguments are parsed."""
+    with exit_on_user_error():
+        return run(args)
 
 
 def parse_cfg_options(items: Optional[Sequence[str]]) -> Optional[dict]:

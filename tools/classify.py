@@ -42,8 +42,6 @@ def parse_args(argv=None):
         parser.error(f'--topk must be at least 1, got {args.topk}')
     if args.input_size is not None and args.input_size < 32:
         parser.error(f'--input-size must be at least 32, got {args.input_size}')
-    if args.fp16 and args.bf16:
-        parser.error('--fp16 and --bf16 exclude each other; choose one')
     return args
 
 
@@ -63,10 +61,9 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from repseg.cli import exit_on_user_error
+    from repseg.cli import run_tool
 
-    with exit_on_user_error():
-        run(args)
+    run_tool(run, args)
 
 
 if __name__ == '__main__':

@@ -49,10 +49,9 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from repseg.cli import exit_on_user_error
+    from repseg.cli import run_tool
 
-    with exit_on_user_error():
-        run(args)
+    run_tool(run, args)
 
 
 if __name__ == '__main__':

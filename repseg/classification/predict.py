@@ -29,7 +29,7 @@ from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..checkpoint.loader import load_checkpoint_file
 from ..errors import InvalidArgumentError
 from ..fileio import check_output_location, write_text_atomically
-from ..inference import check_device, prepare_for_inference
+from ..inference import check_device, half_precision_dtype, prepare_for_inference
 from ..models.arch import canonical_arch_name
 from ..models.repvgg import create_model
 from ..segment import InputError, Summary, collect_sources
@@ -97,8 +97,7 @@ def load_classifier(weights: Union[str, os.PathLike, Mapping], arch: Optional[st
     """Build and load the classifier of ``weights`` (see the module docstring);
     ``input_size`` C crops C x C after resizing the shorter side to C / 0.875 (default:
     the arch's evaluation size)."""
-    if fp16 and bf16:
-        raise InvalidArgumentError('--fp16 and --bf16 exclude each other; choose one')
+    half_dtype = half_precision_dtype(fp16, bf16)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     obj = weights if isinstance(weights, Mapping) else load_checkpoint_file(
         resolve_checkpoint(weights), 'weights')
@@ -119,8 +118,8 @@ def load_classifier(weights: Union[str, os.PathLike, Mapping], arch: Optional[st
                                        '--arch (e.g. --arch B2)')
     model = create_model(arch, num_classes=num_classes, deploy=is_fused_state(state))
     report = load_checkpoint(model, state, strict=True)
-    prepare_for_inference(model, fuse=fuse, fp16=fp16 or bf16,
-                          half_dtype=torch.bfloat16 if bf16 else torch.float16)
+    prepare_for_inference(model, fuse=fuse, fp16=half_dtype is not None,
+                          half_dtype=half_dtype or torch.float16)
     names = _checkpoint_classes_meta(obj)
     if names is None or len(names) != num_classes:
         names = (imagenet_class_names() if num_classes == 1000

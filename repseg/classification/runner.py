@@ -29,6 +29,7 @@ from mmpretrain.registry import METRICS, MODELS
 
 from ..errors import InvalidArgumentError
 from ..fileio import write_text_atomically
+from ..inference import half_precision_dtype
 from ..mmseg import runner as seg_runner
 from ..mmseg.builder import plain_bn, segmentor_of
 from ..mmseg.config import prepare_config
@@ -205,8 +206,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         fuse: fuse every RepVGG block first (the same predictions, faster).
         fp16, bf16: run in float16 / bfloat16 (:func:`repseg.inference.prepare_for_inference`).
     """
-    if fp16 and bf16:
-        raise PreflightError('--fp16 and --bf16 exclude each other; choose one')
+    half_precision_dtype(fp16, bf16)  # the pair is refused before anything is built
     onnx = is_onnx_file(checkpoint)
     cfg = prepare_classification_config(config, cfg_options, work_dir, launcher, 'test',
                                         skip_data_check)
