@@ -27,4 +27,4 @@ demo: $(STAMP)
 	$(PY) tools/demo.py
 
 clean:
-	rm -rf $(VENV) work_dirs data/toy_city .pytest_cache
+	rm -rf $(VENV) work_dirs data/toy_city data/toy_imagenet .pytest_cache
