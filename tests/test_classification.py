@@ -262,6 +262,20 @@ def test_class_folders_not_matching_head(toy, trained, tmp_path):
                         cfg_options=_test_options(toy, **{'model.head.num_classes': 5}))
 
 
+def test_imagenet_type_on_own_class_folders_names_custom_dataset(toy, trained, tmp_path):
+    """The ImageNet configs on a 10-class folder tree: mmpretrain's ImageNet type would
+    assert 1000 folders inside the Runner (a traceback); the pre-flight names the fix."""
+    options = _test_options(toy, **{'model.head.num_classes': 10,
+                                    'data_preprocessor.num_classes': 10})
+    with pytest.raises(PreflightError, match=r"type 'ImageNet'.*has 10.*"
+                                             r'test_dataloader\.dataset\.type=CustomDataset'):
+        runner.run_test(A0_CONFIG, trained, work_dir=str(tmp_path / 'w'), cfg_options=options)
+    options['test_dataloader.dataset.type'] = 'CustomDataset'
+    metrics = runner.run_test(A0_CONFIG, trained, work_dir=str(tmp_path / 'c'),
+                              cfg_options=options)
+    assert 0 <= metrics['accuracy/top1'] <= 100
+
+
 def test_annotation_list_layout(toy, trained, tested, tmp_path):
     metrics = runner.run_test(TOY_CONFIG, trained, work_dir=str(tmp_path), cfg_options=_test_options(
         toy, **{'test_dataloader.dataset.ann_file': 'meta/val.txt'}))

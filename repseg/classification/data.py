@@ -21,6 +21,8 @@ from mmengine.config import Config
 from ..data.frame_check import FrameRules, cache_file, check_frames, default_cache_dir
 from ..mmseg.frame_guard import leaf_datasets
 
+#: Class folders of mmpretrain's ``ImageNet`` type (its IMAGENET_CATEGORIES).
+IMAGENET_CLASSES = 1000
 #: mmpretrain's ``CustomDataset`` default extensions (matched case-insensitively).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')
 #: Files or folders named in a problem; the rest are counted.
@@ -111,6 +113,21 @@ def _list_samples(img_dir: Path, ann: Path, extensions, path: str,
     return images, problems
 
 
+def _imagenet_type_problem(dataset: Mapping, img_dir: Path, path: str,
+                           where: str) -> Optional[str]:
+    """mmpretrain's ``ImageNet`` type names the 1000 ImageNet classes and asserts as many
+    class folders deep inside the Runner; say so before, with the type that reads any."""
+    if dataset.get('type') != 'ImageNet' or dataset.get('classes') or dataset.get('ann_file'):
+        return None
+    count = sum(1 for p in img_dir.iterdir() if p.is_dir())
+    if count in (0, IMAGENET_CLASSES):
+        return None
+    return (f"{where}: type 'ImageNet' (mmpretrain's) reads the {IMAGENET_CLASSES} ImageNet "
+            f"class folders, and '{img_dir}' has {count}. For your own classes read them "
+            f"with mmpretrain's CustomDataset (--cfg-options {path}.type=CustomDataset) or "
+            'start from configs/classification/repvgg_finetune.py')
+
+
 def dataset_problems(cfg: Config, loader_names: Sequence[str],
                      config_name: str = 'the config') -> list[str]:
     """Check the dataset of each dataloader: its folder, layout, classes against the
@@ -144,6 +161,7 @@ def dataset_problems(cfg: Config, loader_names: Sequence[str],
                 images, found = _list_samples(img_dir, ann, extensions, where, num_classes)
             else:
                 images, found = _folder_samples(img_dir, extensions, where, num_classes)
+                found += filter(None, [_imagenet_type_problem(dataset, img_dir, path, where)])
             problems += found
             if decode and images and not found and int(os.environ.get('LOCAL_RANK', '0')) == 0:
                 rules = FrameRules(num_classes=num_classes or 0)
