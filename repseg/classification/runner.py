@@ -233,7 +233,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
         model = segmentor_of(runner.model)
         model.load_state_dict(weights)
         del weights
-        seg_runner._prepare_for_test(model, fuse, fp16, bf16)
+        seg_runner.prepare_for_test(model, fuse, fp16, bf16)
     start = time.perf_counter()
     with seg_runner.frame_failures_named(runner):
         metrics = dict(runner.test())

@@ -211,17 +211,18 @@ def configure_test(cfg: Config, out: Optional[str] = None, show_dir: Optional[st
     cfg.load_from = None  # loaded by checked_weights, strictly
 
 
-def _prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool,
-                      bf16: bool = False) -> Optional[bool]:
+def prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool,
+                     bf16: bool = False) -> Optional[bool]:
     """Fuse the RepVGG blocks unless ``fuse`` is False (same labels, faster); float16 or
     bfloat16 if asked (:func:`repseg.inference.prepare_for_inference`). Returns whether
     the blocks are fused now, read from the model (a ``*_deploy.py`` config builds them
     fused whatever ``fuse`` says), or None for a model without RepVGG blocks."""
-    from ..inference import prepare_for_inference
+    from ..inference import half_precision_dtype, prepare_for_inference
     from ..models.block import RepVGGBlock
 
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    prepare_for_inference(segmentor, fuse=fuse, fp16=fp16 or bf16, half_dtype=dtype)
+    dtype = half_precision_dtype(fp16, bf16)
+    prepare_for_inference(segmentor, fuse=fuse, fp16=dtype is not None,
+                          half_dtype=dtype or torch.float16)
     blocks = [module for module in segmentor.modules() if isinstance(module, RepVGGBlock)]
     if not blocks:
         return None
@@ -290,7 +291,7 @@ def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[s
     if not onnx:
         segmentor_of(runner.model).load_state_dict(weights)
         del weights
-        fused = _prepare_for_test(segmentor_of(runner.model), fuse, fp16, bf16)
+        fused = prepare_for_test(segmentor_of(runner.model), fuse, fp16, bf16)
     with frame_failures_named(runner):
         metrics = dict(runner.test())
     per_class = next((m.per_class for m in runner.test_loop.evaluator.metrics
