@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -129,8 +130,10 @@ def briefly_trained_segmentor(data_root, iters: int = 12, batch: int = 2,
     dataset_cfg = cfg.train_dataloader.dataset.copy()
     dataset_cfg.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
                             dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
+    numpy_state = np.random.get_state()  # mmcv's RandomFlip draws from numpy's global RNG
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        np.random.seed(seed)
         model = build_segmentor(cfg)
         dataset = DATASETS.build(dataset_cfg)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -144,5 +147,6 @@ def briefly_trained_segmentor(data_root, iters: int = 12, batch: int = 2,
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    np.random.set_state(numpy_state)
     model.test_cfg = ConfigDict(mode='whole')
     return model.eval()
