@@ -10,6 +10,8 @@
   status 1 like a bug; but the message already says all a traceback would.
 * Anything else is a bug and keeps its traceback (exit status 1).
 
+:func:`first_few` is the one way messages name a long list (the first few, then a count).
+
 This module imports nothing, so its classes can be named before torch is loaded.
 """
 
@@ -34,3 +36,11 @@ class OutputExistsError(UserError, FileExistsError):
 
 class VerificationError(RuntimeError):
     """A tool's check of its own output failed; the output was not kept."""
+
+
+def first_few(items, limit: int, sep: str = ', ') -> str:
+    """``'a, b, c and 4 more'``: the first ``limit`` of ``items`` and a count of the rest,
+    so that a message naming hundreds of files or keys stays one readable paragraph."""
+    items = [str(item) for item in items]
+    more = len(items) - limit
+    return sep.join(items[:limit]) + (f' and {more} more' if more > 0 else '')

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import torch
 from mmengine.logging import print_log
 
-from .errors import OutputExistsError, UserError
+from .errors import OutputExistsError, UserError, first_few
 
 PathLike = Union[str, os.PathLike]
 #: Existing outputs named in a refusal or a "replacing" line; the rest are counted.
@@ -77,9 +77,7 @@ def refuse_input_as_output(inputs: dict, output: PathLike) -> None:
 
 
 def _listing(paths: list) -> str:
-    shown = ', '.join(str(p) for p in paths[:SHOWN_OUTPUTS])
-    more = len(paths) - SHOWN_OUTPUTS
-    return shown + (f' and {more} more' if more > 0 else '')
+    return first_few(paths, SHOWN_OUTPUTS)
 
 
 def claim_outputs(paths: Iterable[PathLike], force: bool, where: str = 'another path') -> list:

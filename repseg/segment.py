@@ -25,7 +25,7 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from .data.cityscapes_layout import PALETTE
-from .errors import InvalidArgumentError, OutputExistsError
+from .errors import InvalidArgumentError, OutputExistsError, first_few
 from .fileio import check_output_location, claim_outputs
 
 IMAGE_SUFFIXES = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp',
@@ -70,9 +70,7 @@ class Summary:
             text += f' and {self.frames} video frames'
         text += f'; skipped: {len(self.skipped)}'
         if self.skipped:
-            shown = [str(path) for path, _ in self.skipped[:SHOWN_SKIPPED]]
-            more = len(self.skipped) - len(shown)
-            text += ' (' + ', '.join(shown) + (f', ... {more} more' if more else '') + ')'
+            text += f' ({first_few((path for path, _ in self.skipped), SHOWN_SKIPPED)})'
         return text + f'; {per_image:.3f} s per image'
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 from mmengine.config import Config
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 from .config_values import value_problems
 from .preflight import did_you_mean, override_problems
 
@@ -82,12 +82,11 @@ def _variable_problem(tree: Mapping, key: str, new: Any) -> Optional[str]:
     holders = list(_holders({k: v for k, v in tree.items() if k in read}, value))
     if value is None or not holders:
         return None
-    shown = ' '.join(f'{h}={written}' for h in holders[:6])
-    more = f' (and {len(holders) - 6} more)' if len(holders) > 6 else ''
+    shown = first_few((f'{h}={written}' for h in holders), 6, sep=' ')
     return (f'--cfg-options {key}={written}: {key!r} is a variable of the config file, '
             'copied into the sections that use it when the file is read, so changing it '
             f'now would change nothing. Set the keys that hold its value '
-            f'instead: {shown}{more}')
+            f'instead: {shown}')
 
 
 def _path_problems(tree: Mapping, key: str) -> Iterator[str]:

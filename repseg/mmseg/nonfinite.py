@@ -18,7 +18,7 @@ from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 
-from ..errors import UserError
+from ..errors import UserError, first_few
 
 LIKELY_CAUSES = (
     'Likely causes: a learning rate too high for this batch size (lr {lr}); float16 '
@@ -116,7 +116,7 @@ def refuse_nonfinite_weights(runner, what: str) -> None:
     bad = nonfinite_tensors(state)
     if not bad:
         return
-    shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+    shown = first_few(bad, 3)
     raise NonFiniteError(
         f'training stopped at iteration {runner.iter + 1}: refusing to save {what}, since '
         f'{len(bad)} of {len(state)} tensors of the model hold NaN or Inf ({shown}). '
