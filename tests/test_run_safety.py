@@ -127,21 +127,105 @@ def test_second_training_in_a_work_dir_is_refused(toy, tmp_path, capsys, live_pr
     assert fingerprint(work_dir) == before
 
 
-def test_lock_of_a_dead_run_is_taken_over_and_released(tmp_path, monkeypatch):
+has_proc = pytest.mark.skipif(not Path('/proc/self/stat').is_file(),
+                              reason='no /proc: locks hold only pid and host')
+
+
+def proc_start(pid: int) -> int:
+    """Field 22 of ``/proc/<pid>/stat``, the start time (the processes here have names
+    without spaces, so the fields split plainly)."""
+    return int(Path(f'/proc/{pid}/stat').read_text().split()[21])
+
+
+def my_lock_line() -> str:
+    """What this process writes into a lock: with its start time where /proc has it."""
+    start = f' {proc_start(os.getpid())}' if Path('/proc/self/stat').is_file() else ''
+    return f'{os.getpid()} {socket.gethostname()}{start}\n'
+
+
+def busy_message(work_dir: Path, pid: int) -> str:
+    return (f"work dir '{work_dir}' is in use by another training (process {pid} on "
+            f'{socket.gethostname()}; lock file {work_dir / workdir.LOCK_FILE}): two runs '
+            'would interleave their checkpoints. Wait for it to end (or stop it), or give '
+            'another --work-dir')
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    messages = []
+    monkeypatch.setattr(workdir, 'print_log', lambda msg, **kw: messages.append(msg))
+    return messages
+
+
+def test_lock_of_a_dead_run_is_taken_over_and_released(tmp_path, logged):
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     lock = tmp_path / workdir.LOCK_FILE
     lock.write_text(f'{dead.pid} {socket.gethostname()}\n')
-    logged = []
-    monkeypatch.setattr(workdir, 'print_log', lambda msg, **kw: logged.append(msg))
     with workdir.work_dir_lock(tmp_path):
-        assert lock.read_text() == f'{os.getpid()} {socket.gethostname()}\n'
+        assert lock.read_text() == my_lock_line()
         with pytest.raises(workdir.WorkDirBusyError, match=f'process {os.getpid()}'):
             with workdir.work_dir_lock(tmp_path):
                 pass
     assert not lock.exists()
     assert logged == [f'work dir lock {lock} was left by process {dead.pid} on '
                       f'{socket.gethostname()}, which no longer runs: taking it over']
+
+
+@has_proc
+@pytest.mark.parametrize('holder', ['sleep', 'this test'])
+def test_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, logged, holder):
+    """A crashed run's process id given to another process (a ``sleep``, or this test
+    itself): alive, but started at another time than the lock says."""
+    sleeper = subprocess.Popen(['sleep', '60']) if holder == 'sleep' else None
+    try:
+        pid = sleeper.pid if sleeper else os.getpid()
+        lock = tmp_path / workdir.LOCK_FILE
+        lock.write_text(f'{pid} {socket.gethostname()} {proc_start(pid) - 1}\n')
+        with workdir.work_dir_lock(tmp_path):
+            assert lock.read_text() == my_lock_line()
+    finally:
+        if sleeper:
+            sleeper.kill()
+            sleeper.wait()
+    assert not lock.exists()
+    assert logged == [f'work dir lock {lock} was left by process {pid} on '
+                      f'{socket.gethostname()}, which no longer runs (its process id now '
+                      'names another process, started since): taking it over']
+
+
+@has_proc
+def test_lock_of_a_live_run_with_its_start_time_is_refused(tmp_path, live_process, logged):
+    lock = tmp_path / workdir.LOCK_FILE
+    written = f'{live_process} {socket.gethostname()} {proc_start(live_process)}\n'
+    lock.write_text(written)
+    with pytest.raises(workdir.WorkDirBusyError) as refused:
+        with workdir.work_dir_lock(tmp_path):
+            pass
+    assert str(refused.value) == busy_message(tmp_path, live_process)
+    assert lock.read_text() == written and logged == []
+
+
+def test_old_lock_and_one_without_proc_hold_pid_and_host(tmp_path, live_process,
+                                                         monkeypatch, logged):
+    """A lock of an older version (no start time) is read: a live pid refuses, a dead one
+    is taken over. Without /proc (not Linux) the lock holds pid and host, and a live pid
+    is the run whatever start time a lock says."""
+    lock = tmp_path / workdir.LOCK_FILE
+    lock.write_text(f'{live_process} {socket.gethostname()}\n')
+    with pytest.raises(workdir.WorkDirBusyError) as refused:
+        with workdir.work_dir_lock(tmp_path):
+            pass
+    assert str(refused.value) == busy_message(tmp_path, live_process)
+    monkeypatch.setattr(workdir, 'PROC', tmp_path / 'no_proc')
+    lock.write_text(f'{live_process} {socket.gethostname()} 1\n')
+    with pytest.raises(workdir.WorkDirBusyError, match=f'process {live_process} on'):
+        with workdir.work_dir_lock(tmp_path):
+            pass
+    lock.unlink()
+    with workdir.work_dir_lock(tmp_path):
+        assert lock.read_text() == f'{os.getpid()} {socket.gethostname()}\n'
+    assert not lock.exists() and logged == []
 
 
 def test_lock_of_another_machine_is_not_taken_over(tmp_path):

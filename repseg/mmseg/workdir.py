@@ -2,8 +2,11 @@
 
 * :func:`work_dir_lock`: two trainings in one work dir would interleave their
   checkpoints and move ``last_checkpoint`` back and forth. A lock file holding the
-  process id and host refuses the second; a lock left by a run that died (its process
-  is gone) is taken over with a log line, so a crash never locks a work dir for good.
+  process id, host and process start time refuses the second; a lock left by a run that
+  died is taken over with a log line, so a crash never locks a work dir for good. The
+  start time tells a dead run whose process id the system has given to another process
+  (common in containers, where ids are few and restart from 1) from the run itself; where
+  there is no ``/proc`` to read it, a live process id is taken to be the run.
 * :func:`check_resume`: mmengine resumes from the file ``last_checkpoint`` names and
   fails with a torch traceback when it is truncated or when the config's model has
   changed shape since (after size-mismatch warnings of its loose load), and says only
@@ -30,8 +33,12 @@ from ..errors import UserError
 from .builder import plain_bn, read_segmentor_checkpoint, segmentor_of
 from .hooks import POINTER_FILE
 
-#: The lock file in a work dir while a training runs there: ``<pid> <host>``.
+#: The lock file in a work dir while a training runs there: ``<pid> <host> <start>``
+#: (``<start>``: the process start time of :func:`_start_time`; left out where it cannot
+#: be read, and in the lock files of older versions).
 LOCK_FILE = 'train.lock'
+#: Where Linux tells a process's start time (``<PROC>/<pid>/stat``).
+PROC = Path('/proc')
 #: A lock file without a readable holder younger than this may be one being written.
 UNREADABLE_LOCK_GRACE_S = 60.0
 
@@ -44,12 +51,43 @@ class ResumeError(UserError, ValueError):
     """``--resume`` cannot continue from what the work dir holds."""
 
 
-def _holder(path: Path) -> Optional[tuple[int, str]]:
+#: Who holds a lock: process id, host, start time (None: not known).
+Holder = tuple[int, str, Optional[int]]
+
+
+def _start_time(pid: int) -> Optional[int]:
+    """When process ``pid`` started (clock ticks after boot: field 22 of
+    ``/proc/<pid>/stat``), or None without ``/proc`` or such a process. A reused process
+    id has another start time."""
     try:
-        pid, host = path.read_text().split()
-        return int(pid), host
+        stat = (PROC / str(pid) / 'stat').read_text()
+        # the command name (field 2, in parentheses) may hold spaces and ')'
+        return int(stat[stat.rindex(')') + 1:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _holder(path: Path) -> Optional[Holder]:
+    try:
+        fields = path.read_text().split()
+        if len(fields) == 2:  # written by an older version: no start time
+            return int(fields[0]), fields[1], None
+        pid, host, start = fields
+        return int(pid), host, int(start)
     except (OSError, ValueError):
         return None
+
+
+def _lock_text(holder: Holder) -> str:
+    pid, host, start = holder
+    return f'{pid} {host}\n' if start is None else f'{pid} {host} {start}\n'
+
+
+def _reused(pid: int, start: Optional[int]) -> bool:
+    """Whether the live process ``pid`` is not the one that started at ``start`` (False
+    where either start time is unknown: an old lock file, no ``/proc``)."""
+    now = _start_time(pid)
+    return start is not None and now is not None and now != start
 
 
 def _alive(pid: int) -> bool:
@@ -75,7 +113,7 @@ def work_dir_lock(work_dir) -> Iterator[None]:
         yield
         return
     path = Path(work_dir) / LOCK_FILE
-    me = (os.getpid(), socket.gethostname())
+    me = (os.getpid(), socket.gethostname(), _start_time(os.getpid()))
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
@@ -84,7 +122,7 @@ def work_dir_lock(work_dir) -> Iterator[None]:
         except FileExistsError:
             _take_over_if_stale(path, me[1])
     with os.fdopen(fd, 'w') as file:
-        file.write(f'{me[0]} {me[1]}\n')
+        file.write(_lock_text(me))
     try:
         yield
     finally:
@@ -93,21 +131,26 @@ def work_dir_lock(work_dir) -> Iterator[None]:
 
 
 def _take_over_if_stale(path: Path, host: str) -> None:
-    """Remove the lock at ``path`` if the run holding it is gone; else refuse."""
+    """Remove the lock at ``path`` if the run holding it is gone (its process id is
+    free, or now names a process started at another time); else refuse."""
     holder = _holder(path)
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return  # released meanwhile: try again
     work_dir = path.parent
+    gone = 'which no longer runs'
     if holder is None and age < UNREADABLE_LOCK_GRACE_S:
         holder_text, stale = 'a process starting up', False
     elif holder is None:
         holder_text, stale = 'nothing readable', True
     else:
-        pid, where = holder
+        pid, where, start = holder
         holder_text = f'process {pid} on {where}'
         stale = where == host and not _alive(pid)
+        if where == host and not stale and _reused(pid, start):
+            stale = True
+            gone += ' (its process id now names another process, started since)'
         if where != host:
             raise WorkDirBusyError(
                 f"work dir '{work_dir}' is in use by a training on another machine "
@@ -118,8 +161,8 @@ def _take_over_if_stale(path: Path, host: str) -> None:
             f"work dir '{work_dir}' is in use by another training ({holder_text}; lock "
             f'file {path}): two runs would interleave their checkpoints. Wait for it to '
             'end (or stop it), or give another --work-dir')
-    print_log(f'work dir lock {path} was left by {holder_text}, which no longer runs: '
-              'taking it over', logger='current')
+    print_log(f'work dir lock {path} was left by {holder_text}, {gone}: taking it over',
+              logger='current')
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
