@@ -49,11 +49,13 @@ def run(args) -> int:
         return 0
     from repseg.errors import InvalidArgumentError
     from repseg.fileio import check_output_location
-    from repseg.gpu_check import GpuCheck
 
     check_output_location(args.out_dir, is_folder=True, what='OUT_DIR')
     if args.work_dir:
         check_output_location(args.work_dir, is_folder=True, what='--work-dir')
+    # only now: its imports write torch's compile cache folder into TMPDIR
+    from repseg.gpu_check import GpuCheck
+
     budget = args.budget or (600 if args.smoke else 540)
     only = args.steps.split(',') if args.steps else None
     check = GpuCheck(args.out_dir, args.work_dir, smoke=args.smoke, budget=budget,
@@ -87,12 +89,25 @@ def import_cli():
     return cli
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    exit_on_user_error = import_cli().exit_on_user_error
+def discard_install_log(argv) -> None:
+    """Remove the temporary install log that gpu_check.sh passes as ``--install-log PATH``
+    unless a run moved it into its logs: after bad arguments, a refused OUT_DIR or
+    --dry-run it would stay in TMPDIR. Found in ``argv`` itself, which may be what
+    :func:`parse_args` refused."""
+    for flag, path in zip(argv, argv[1:]):
+        if flag == '--install-log':
+            Path(path).unlink(missing_ok=True)
 
-    with exit_on_user_error():
-        status = run(args)
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(argv)
+        exit_on_user_error = import_cli().exit_on_user_error
+        with exit_on_user_error():
+            status = run(args)
+    finally:
+        discard_install_log(argv)
     sys.exit(status)
 
 

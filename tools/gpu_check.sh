@@ -17,7 +17,20 @@ while [ $# -gt 0 ]; do
         *) args+=("$1"); shift ;;
     esac
 done
-install_log=$(mktemp "${TMPDIR:-/tmp}/repseg_install.XXXXXX")
+if ! command -v "$python" >/dev/null 2>&1; then
+    echo "error: gpu_check.sh: the interpreter '$python' is not found; set PYTHON to a" \
+         "python with torch (default: python3)" >&2
+    exit 2
+fi
+# The install log goes into OUT_DIR's logs archive. The trap removes it on every way out
+# of this script; after the exec below, gpu_check.py moves it into its logs or removes
+# it (bad arguments, a refused OUT_DIR, --dry-run), so nothing is left in TMPDIR.
+if ! install_log=$(mktemp "${TMPDIR:-/tmp}/repseg_install.XXXXXX"); then
+    echo "error: gpu_check.sh: cannot create a temporary file in '${TMPDIR:-/tmp}'; set" \
+         "TMPDIR to a writable folder" >&2
+    exit 2
+fi
+trap 'rm -f "$install_log"' EXIT
 if [ -n "$wheels" ]; then
     site=${REPSEG_SITE:-${TMPDIR:-/tmp}/repseg_site}
     echo "gpu_check.sh: installing $wheels/*.whl into $site" | tee "$install_log"
