@@ -64,6 +64,13 @@ def assert_one_error(status, err, *phrases):
                                                               '128) (tuple): expected a whole'),
     ('model.decode_head.num_classes=0', 'model.decode_head.num_classes is 0 (int)'),
     ('model.test_cfg.mode=slide', "model.test_cfg: mode 'slide' needs crop_size and stride"),
+    ('nonfinite_loss_limit=-1', '--cfg-options nonfinite_loss_limit is -1 (int): expected a '
+                                'whole number >= 1 (how many non-finite losses in a row stop '
+                                'training; 1 stops at the first), e.g. nonfinite_loss_limit='),
+    ('nonfinite_loss_limit=abc', "nonfinite_loss_limit is the text 'abc': expected a whole "
+                                 'number >= 1'),
+    ('nonfinite_loss_limit=0.5', 'nonfinite_loss_limit is 0.5 (float): expected a whole '
+                                 'number >= 1'),
     ('data_root=/elsewhere', "--cfg-options data_root=/elsewhere: 'data_root' is a variable of "
                              'the config file, copied into the sections that use it when the '
                              'file is read, so changing it now would change nothing. Set the '
@@ -124,6 +131,33 @@ def test_bad_value_in_the_config_file_is_named_before_training(tmp_path, capsys)
     assert_one_error(status, err, f'{config}: train_dataloader.batch_size is 0 (int): '
                                   'expected a whole number >= 1')
     assert not (tmp_path / 'work').exists()
+
+
+@pytest.mark.parametrize('limit', [0, True, '2'])
+def test_bad_loss_limit_in_the_config_file_is_named(tmp_path, limit):
+    """Not an override: checked as the loss guard is added (the pre-flight checks read
+    the sections a run builds, not this top-level key)."""
+    config = tmp_path / 'loss_limit.py'
+    config.write_text(f"_base_ = ['{DEMO_CONFIG}']\nnonfinite_loss_limit = {limit!r}\n")
+    described = {0: '0 (int)', True: 'True', '2': "the text '2'"}[limit]
+    with pytest.raises(config_module.ConfigError) as refused:
+        prepare_config(config, None, str(tmp_path / 'work'))
+    assert str(refused.value) == (
+        f'{config}: nonfinite_loss_limit is {described}: expected a whole number >= 1 (how '
+        'many non-finite losses in a row stop training; 1 stops at the first), e.g. '
+        'nonfinite_loss_limit=3')
+    assert not (tmp_path / 'work').exists()
+
+
+def test_good_loss_limits_reach_the_guard(tmp_path):
+    config = tmp_path / 'loss_limit.py'
+    config.write_text(f"_base_ = ['{DEMO_CONFIG}']\nnonfinite_loss_limit = 5\n")
+    for path, options, limit in ((DEMO_CONFIG, {'nonfinite_loss_limit': 1}, 1),
+                                 (DEMO_CONFIG, {'nonfinite_loss_limit': 7}, 7),
+                                 (config, None, 5), (DEMO_CONFIG, None, 1)):
+        cfg = prepare_config(path, options, str(tmp_path / 'work'))
+        assert [h['limit'] for h in cfg.custom_hooks if h['type'] == 'NonFiniteLossHook'] \
+            == [limit]
 
 
 def test_no_workers_with_persistent_workers_is_fixed_up(monkeypatch):

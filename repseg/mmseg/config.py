@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..fileio import check_output_location
 from .builder import use_plain_bn
 from .config_file import apply_cfg_options, read_config
+from .config_values import value_problems
 from .ddp import DeviceAwareDDP
 from .frame_guard import guard_frame_loading
 from .hooks import AtomicCheckpointHook
@@ -61,7 +62,7 @@ def prepare_config(config, cfg_options: Optional[Mapping] = None,
     if checkpoint_hook and checkpoint_hook.get('type') in ('CheckpointHook',
                                                            'mmengine.CheckpointHook'):
         checkpoint_hook['type'] = AtomicCheckpointHook.__name__
-    _add_loss_guard(cfg)
+    _add_loss_guard(cfg, config)
     guard_frame_loading(cfg)
     imports = cfg.get('custom_imports') or dict(imports=[], allow_failed_imports=False)
     imports['imports'] = list(dict.fromkeys([*imports.get('imports', []), *GUARD_MODULES]))
@@ -105,18 +106,20 @@ def _use_device_aware_ddp(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
-def _add_loss_guard(cfg: Config) -> None:
+def _add_loss_guard(cfg: Config, config) -> None:
     """Add :class:`NonFiniteLossHook` (``limit`` from the top-level config key
-    ``nonfinite_loss_limit``, default 1) unless the config already has one."""
+    ``nonfinite_loss_limit``, default 1) unless the config already has one. The key's rule
+    is in :data:`repseg.mmseg.config_values.RULES`; a value from ``--cfg-options`` was
+    checked as it was applied, one from the config file (``config``) is checked here, as
+    the pre-flight checks of a run read only the sections the run builds."""
     hooks = list(cfg.get('custom_hooks') or [])
     if any(isinstance(h, Mapping) and h.get('type') == NonFiniteLossHook.__name__
            for h in hooks):
         return
+    problems = value_problems(cfg, ['nonfinite_loss_limit'])
+    if problems:
+        raise ConfigError('\n\n'.join(f'{config}: {p}' for p in problems))
     limit = cfg.get('nonfinite_loss_limit', 1)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigError(
-            f'nonfinite_loss_limit is {limit!r}; expected a whole number >= 1 (how many '
-            'non-finite losses in a row stop training; 1 stops at the first)')
     cfg.custom_hooks = [*hooks, dict(type=NonFiniteLossHook.__name__, limit=limit)]
 
 

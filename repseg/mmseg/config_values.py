@@ -74,6 +74,8 @@ RULES = (
     Rule('model.test_cfg.stride', SIZE, 'the sliding-window step (height, width)', '(341,341)'),
     Rule('model.data_preprocessor.size', SIZE, 'the padded input (height, width)',
          '(512,1024)'),
+    Rule('nonfinite_loss_limit', WHOLE_POSITIVE, 'how many non-finite losses in a row stop '
+         'training; 1 stops at the first', '3'),
 )
 
 #: Keys mmseg's sliding-window inference reads from ``model.test_cfg`` when ``mode`` is 'slide'.
