@@ -49,7 +49,7 @@ def test_guard_is_added_by_config_preparation():
     guards = [h for h in cfg.custom_hooks if h['type'] == 'NonFiniteLossHook']
     assert guards == [dict(type='NonFiniteLossHook', limit=3)]
     assert prepare_config(DEMO_CONFIG).custom_hooks[-1] == dict(type='NonFiniteLossHook', limit=1)
-    with pytest.raises(ValueError, match="nonfinite_loss_limit is 'x'"):
+    with pytest.raises(ValueError, match="nonfinite_loss_limit is the text 'x'"):
         prepare_config(DEMO_CONFIG, {'nonfinite_loss_limit': 'x'})
 
 
