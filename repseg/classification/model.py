@@ -23,6 +23,7 @@ from ..checkpoint import CheckpointError, LoadReport, load_checkpoint, read_stat
 from ..checkpoint.layouts import CLASSIFIER, LAYOUTS
 from ..checkpoint.loader import detect_layout, guess_arch, to_repseg_keys
 from ..mmseg.backbone import RepVGGBackbone
+from ..mmseg.builder import plain_bn
 from ..mmseg.ddp import DeviceAwareDDP
 from ..mmseg.frame_guard import CheckedLoadImageFromFile
 from ..mmseg.hooks import AtomicCheckpointHook
@@ -130,3 +131,16 @@ def load_classifier_weights(model: nn.Module, source: Source,
         return load_checkpoint(_RepVGGView(backbone, head.fc), state, strict=strict)
     except CheckpointError as error:
         raise type(error)(f'{name}: {error}') from None
+
+
+def build_classifier(cfg, checkpoint: Optional[Source] = None) -> nn.Module:
+    """``cfg``'s classifier with its data preprocessor, in eval mode on the CPU: plain BN
+    (one process), no backbone ``init_cfg`` (the weights are ``checkpoint``'s, loaded
+    strictly by :func:`load_classifier_weights`, or the random init)."""
+    model_cfg = plain_bn(cfg.model)
+    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
+    model_cfg['backbone'].pop('init_cfg', None)
+    model = MODELS.build(model_cfg)
+    if checkpoint is not None:
+        load_classifier_weights(model, checkpoint)
+    return model.eval()

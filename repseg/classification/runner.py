@@ -9,7 +9,8 @@ and its distributed start and error naming; training is
 lock). What is classification's own is here: the dataset checks of
 :mod:`repseg.classification.data`, weights of any layout loaded strictly into the
 ``ImageClassifier`` (:func:`~repseg.classification.model.load_classifier_weights`),
-per-image predictions (``--out``) and ``.onnx`` models run by ONNX Runtime.
+per-image predictions (``--out``) and ``.onnx`` models run by ONNX Runtime (written by
+:mod:`repseg.classification.export`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.evaluator import BaseMetric
@@ -31,11 +31,12 @@ from ..errors import InvalidArgumentError
 from ..fileio import write_text_atomically
 from ..inference import half_precision_dtype
 from ..mmseg import runner as seg_runner
-from ..mmseg.builder import plain_bn, segmentor_of
+from ..mmseg.builder import segmentor_of
 from ..mmseg.config import prepare_config
 from ..mmseg.preflight import PreflightError, preflight
 from ..onnx_backend import OnnxGraph, is_onnx_file, refuse_precision_flags
 from . import data, model as cls_model
+from .export import ClassifierForExport, export_classifier_onnx  # noqa: F401 (their old home)
 
 #: ``--out DIR`` writes this file: one record per image.
 PREDICTIONS_FILE = 'predictions.json'
@@ -106,7 +107,8 @@ class OnnxRuntimeClassifier(BaseClassifier):
 
     The graph takes the batch as the test pipeline packs it (float32 N x 3 x H x W,
     pixel values 0-255 in mmcv's BGR order) and returns N x classes logits: the
-    normalisation is inside the graph (:func:`export_classifier_onnx`), so the data
+    normalisation is inside the graph
+    (:func:`repseg.classification.export.export_classifier_onnx`), so the data
     preprocessor only stacks the batch.
     """
 
@@ -137,58 +139,13 @@ class OnnxRuntimeClassifier(BaseClassifier):
         raise NotImplementedError('an ONNX Runtime classifier exposes no features')
 
 
-class ClassifierForExport(nn.Module):
-    """An ``ImageClassifier`` as one graph from BGR 0-255 pixels to logits (the mean,
-    std and channel swap of its data preprocessor inside)."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        pre = classifier.data_preprocessor
-        self.classifier = classifier
-        self.register_buffer('mean', pre.mean.detach().float().clone())
-        self.register_buffer('std', pre.std.detach().float().clone())
-        self.to_rgb = bool(pre.to_rgb)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.to_rgb:
-            image = image.flip(1)
-        return self.classifier((image - self.mean) / self.std, mode='tensor')
-
-
-def export_classifier_onnx(classifier: nn.Module, out, size: int = 224,
-                           opset: int = 17) -> None:
-    """Export a (fused) copy of ``classifier`` to ``out`` for :class:`OnnxRuntimeClassifier`
-    (dynamic batch, height and width)."""
-    import copy
-
-    from ..fileio import write_atomically
-    from ..models.reparam import reparameterize
-
-    wrapper = ClassifierForExport(reparameterize(copy.deepcopy(classifier)).eval().float())
-    example = torch.rand(1, 3, size, size) * 255
-
-    def write(path: str) -> None:
-        with torch.no_grad():
-            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=opset,
-                              input_names=['image'], output_names=['logits'],
-                              dynamic_axes={'image': {0: 'batch', 2: 'height', 3: 'width'},
-                                            'logits': {0: 'batch'}})
-
-    write_atomically(out, write)
-
-
 # Test -----------------------------------------------------------------------------------
 
 def checked_classifier_weights(cfg: Config, checkpoint) -> dict:
     """The state dict of ``cfg``'s classifier with ``checkpoint`` loaded strictly, built on
     the CPU before the Runner, so that a checkpoint that does not fit fails at once
     (naming the arch it looks like)."""
-    model_cfg = plain_bn(cfg.model)
-    model_cfg.setdefault('data_preprocessor', cfg.get('data_preprocessor'))
-    model_cfg['backbone'].pop('init_cfg', None)
-    probe = MODELS.build(model_cfg)
-    cls_model.load_classifier_weights(probe, checkpoint)
-    return probe.state_dict()
+    return cls_model.build_classifier(cfg, checkpoint).state_dict()
 
 
 def run_test(config, checkpoint, work_dir: Optional[str] = None, out: Optional[str] = None,
