@@ -19,6 +19,7 @@ from typing import Mapping, Optional, Sequence
 from mmengine.config import Config
 
 from ..data.frame_check import FrameRules, cache_file, check_frames, default_cache_dir
+from ..errors import first_few
 from ..mmseg.frame_guard import leaf_datasets
 
 #: Class folders of mmpretrain's ``ImageNet`` type (its IMAGENET_CATEGORIES).
@@ -33,8 +34,7 @@ LAYOUT_HELP = ('A split is either class folders (<data_root>/<split>/<class>/*.J
 
 
 def _shown(items: Sequence) -> str:
-    more = len(items) - SHOWN
-    return ', '.join(map(str, items[:SHOWN])) + (f' and {more} more' if more > 0 else '')
+    return first_few(items, SHOWN)
 
 
 def _img_dir(dataset: Mapping) -> Path:
