@@ -52,6 +52,32 @@ class OnnxVerificationError(VerificationError):
     """onnxruntime's output differs from PyTorch's by more than the tolerance."""
 
 
+def disagreement_error(failed: Sequence[str], out: PathLike) -> OnnxVerificationError:
+    """The error of an export whose check failed (``failed``: the descriptions of the
+    failing checks); ``out`` was not written."""
+    return OnnxVerificationError(
+        'onnxruntime and PyTorch disagree beyond the tolerance: ' + '; '.join(failed)
+        + f'. {out} was not written. This is a bug in repseg or the exporter: please report '
+        'it with the command, the config and torch/onnxruntime versions')
+
+
+def trace_to_onnx(module: nn.Module, example: torch.Tensor, path: str, output_name: str,
+                  dynamic_axes: Optional[dict], opset: int) -> None:
+    """Trace ``module`` on ``example`` into the ONNX file ``path`` (input ``image``,
+    output ``output_name``) and run ``onnx.checker`` on it: the one exporter call of
+    segmentors and classifiers, with the tracer's warnings about our own code hidden."""
+    import onnx
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
+                                category=DeprecationWarning)
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        torch.onnx.export(module, (example,), path, dynamo=False, opset_version=opset,
+                          input_names=['image'], output_names=[output_name],
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    onnx.checker.check_model(path, full_check=True)
+
+
 class SegmentorForExport(nn.Module):
     """A segmentor's inference path as one tensor function (see the module docstring)."""
 
@@ -114,8 +140,6 @@ def export_onnx(model: nn.Module, out: PathLike, shape: Sequence[int] = (512, 10
     Returns:
         The exported module (:class:`SegmentorForExport`), for comparisons.
     """
-    import onnx
-
     if opset < 17:
         raise InvalidArgumentError(f'opset must be >= 17, got {opset}')
     if len(shape) != 2 or min(shape) < 8:
@@ -130,17 +154,8 @@ def export_onnx(model: nn.Module, out: PathLike, shape: Sequence[int] = (512, 10
             {0: 'batch', 2: 'height', 3: 'width'}
         dynamic_axes = {'image': {0: 'batch', 2: 'height', 3: 'width'}, output_name: spatial}
 
-    def write(path: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
-                                    category=DeprecationWarning)
-            warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=opset,
-                              input_names=['image'], output_names=[output_name],
-                              dynamic_axes=dynamic_axes, do_constant_folding=True)
-        onnx.checker.check_model(path, full_check=True)
-
-    write_atomically(out, write)
+    write_atomically(out, lambda path: trace_to_onnx(wrapper, example, path, output_name,
+                                                     dynamic_axes, opset))
     return wrapper
 
 
@@ -164,13 +179,9 @@ def export_verified(model: nn.Module, out: PathLike, images: Sequence[np.ndarray
                               labels=labels, opset=opset)
         graph = OnnxGraph(path)
         checks.extend(verify_onnx(path, wrapper, image, graph) for image in images)
-        if not all(check.passed for check in checks):
-            raise OnnxVerificationError(
-                'onnxruntime and PyTorch disagree beyond the tolerance: '
-                + '; '.join(check.describe() for check in checks if not check.passed)
-                + f'. {out} was not written. This is a bug in repseg or the exporter: '
-                'please report it with the command, the config and torch/onnxruntime '
-                'versions')
+        failed = [check.describe() for check in checks if not check.passed]
+        if failed:
+            raise disagreement_error(failed, out)
 
     write_atomically(out, write)
     return checks

@@ -34,6 +34,8 @@ def test_logits_match_and_graph_is_fused(segmentor, tmp_path):
     assert len(convs) == len(torch_convs)  # one conv per fused block, no branches
     assert not any('Pool' in n.op_type for n in graph.node)  # pyramid pooling as MatMul
     assert onnx.load(str(path)).opset_import[0].version >= 17
+    assert [i.name for i in graph.input] == ['image'] and [o.name for o in graph.output] == [
+        'logits']  # the names the README documents
     check = verify_onnx(path, wrapper, synthetic_image(SHAPE))
     print(f'tiny PSPNet logits, max |onnxruntime - torch| = {check.max_abs_diff:.2e}')
     assert check.max_abs_diff < 1e-3 and check.passed
@@ -50,6 +52,7 @@ def test_dynamic_labels_match_torch_argmax(segmentor, tmp_path):
     batch = image_batch(synthetic_image(SHAPE)).repeat(2, axis=0)
     labels = graph.run(batch)
     assert labels.shape == (2, *SHAPE) and labels.dtype.name == 'uint8'
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ['labels']
 
 
 def test_export_of_a_model_prepared_for_fp16(segmentor, tmp_path):

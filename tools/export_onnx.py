@@ -102,13 +102,14 @@ def run_classification(args):
     from repseg.classification.model import build_classifier
     from repseg.cli import parse_cfg_options
     from repseg.mmseg.config_file import load_config
+    from repseg.models.reparam import fused_block_count
 
     cfg = load_config(args.config, parse_cfg_options(args.cfg_options))
     size = args.shape[0] if args.shape else export.eval_crop_size(cfg)
     image = export.pipeline_image(cfg, args.image) if args.image else None
     second = check_shapes((size, size), dynamic=True)[1][0]
     classifier = build_classifier(cfg, args.checkpoint)
-    fused, blocks = export.fused_block_count(classifier)
+    fused, blocks = fused_block_count(classifier)
     checks = export.export_classifier_verified(
         classifier, args.out, export.check_batches(size, second, image), size,
         opset=args.opset)

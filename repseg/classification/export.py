@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -27,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..export import DEFAULT_OPSET, LOGITS_ATOL, OnnxVerificationError, synthetic_image
+from ..export import (DEFAULT_OPSET, LOGITS_ATOL, disagreement_error, synthetic_image,
+                      trace_to_onnx)
 from ..fileio import write_atomically
-from ..models.block import RepVGGBlock
 from ..models.reparam import reparameterize
 from ..onnx_backend import OnnxGraph
 
@@ -38,6 +37,8 @@ PathLike = Union[str, os.PathLike]
 CHECK_BATCH = 4
 #: The input size when the test pipeline has no ``CenterCrop`` (ImageNet's).
 DEFAULT_SIZE = 224
+#: Batch, height and width vary (a test's last batch is smaller); logits are N x classes.
+DYNAMIC_AXES = {'image': {0: 'batch', 2: 'height', 3: 'width'}, 'logits': {0: 'batch'}}
 
 
 class ClassifierForExport(nn.Module):
@@ -58,35 +59,16 @@ class ClassifierForExport(nn.Module):
         return self.classifier((image - self.mean) / self.std, mode='tensor')
 
 
-def fused_block_count(module: nn.Module) -> tuple[int, int]:
-    """``(fused, all)`` RepVGG blocks of ``module``."""
-    blocks = [m for m in module.modules() if isinstance(m, RepVGGBlock)]
-    return sum(block.is_fused for block in blocks), len(blocks)
-
-
 def export_classifier_onnx(classifier: nn.Module, out: PathLike, size: int = DEFAULT_SIZE,
                            opset: int = DEFAULT_OPSET) -> ClassifierForExport:
     """Export a fused, float32 copy of ``classifier`` (not changed) to ``out``
     for :class:`~repseg.classification.runner.OnnxRuntimeClassifier` (dynamic batch,
     height and width; ``size`` is the example input's side), after ``onnx.checker``
     passed. Returns the exported module."""
-    import onnx
-
     wrapper = ClassifierForExport(reparameterize(copy.deepcopy(classifier)).eval().float())
     example = torch.rand(1, 3, size, size) * 255
-
-    def write(path: str) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings('ignore', message='You are using the legacy TorchScript',
-                                    category=DeprecationWarning)
-            warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
-            torch.onnx.export(wrapper, (example,), path, dynamo=False, opset_version=opset,
-                              input_names=['image'], output_names=['logits'],
-                              dynamic_axes={'image': {0: 'batch', 2: 'height', 3: 'width'},
-                                            'logits': {0: 'batch'}})
-        onnx.checker.check_model(path, full_check=True)
-
-    write_atomically(out, write)
+    write_atomically(out, lambda path: trace_to_onnx(wrapper, example, path, 'logits',
+                                                     DYNAMIC_AXES, opset))
     return wrapper
 
 
@@ -157,10 +139,7 @@ def export_classifier_verified(classifier: nn.Module, out: PathLike,
         checks.extend(verify_classifier_onnx(graph, classifier, batch) for batch in batches)
         failed = [check.describe() for check in checks if not check.passed]
         if failed:
-            raise OnnxVerificationError(
-                'onnxruntime and PyTorch disagree beyond the tolerance: ' + '; '.join(failed)
-                + f'. {out} was not written. This is a bug in repseg or the exporter: please '
-                'report it with the command, the config and torch/onnxruntime versions')
+            raise disagreement_error(failed, out)
 
     write_atomically(out, write)
     return checks

@@ -14,8 +14,8 @@ from ..checkpoint import load_checkpoint
 from ..checkpoint.sources import CheckpointSourceError, is_foreign_url, resolve_checkpoint
 from ..errors import InvalidArgumentError, UserError
 from ..models.arch import canonical_arch_name, get_arch
-from ..models.block import RepVGGBlock
 from ..models.dilation import plan_strides_and_dilations
+from ..models.reparam import fused_block_count
 from ..models.repvgg import build_stem_and_stages
 
 PRETRAINED_HELP = (
@@ -110,7 +110,8 @@ class RepVGGBackbone(BaseModule):
     @property
     def deploy(self) -> bool:
         """Whether every block is fused (after ``deploy=True`` or ``reparameterize``)."""
-        return all(block.is_fused for block in self.modules() if isinstance(block, RepVGGBlock))
+        fused, blocks = fused_block_count(self)
+        return fused == blocks
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.stem(x)

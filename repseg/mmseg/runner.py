@@ -218,15 +218,15 @@ def prepare_for_test(segmentor: nn.Module, fuse: bool, fp16: bool,
     the blocks are fused now, read from the model (a ``*_deploy.py`` config builds them
     fused whatever ``fuse`` says), or None for a model without RepVGG blocks."""
     from ..inference import half_precision_dtype, prepare_for_inference
-    from ..models.block import RepVGGBlock
+    from ..models.reparam import fused_block_count
 
     dtype = half_precision_dtype(fp16, bf16)
     prepare_for_inference(segmentor, fuse=fuse, fp16=dtype is not None,
                           half_dtype=dtype or torch.float16)
-    blocks = [module for module in segmentor.modules() if isinstance(module, RepVGGBlock)]
+    fused_blocks, blocks = fused_block_count(segmentor)
     if not blocks:
         return None
-    fused = all(block.is_fused for block in blocks)
+    fused = fused_blocks == blocks
     model = ('fused model (--no-fuse: train-time branches)' if fused
              else 'train-time branches (--no-fuse)')
     precision = 'bfloat16' if bf16 else 'float16' if fp16 else 'float32'

@@ -33,3 +33,10 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
         if isinstance(module, RepVGGBlock):
             module.reparameterize()
     return model
+
+
+def fused_block_count(module: nn.Module) -> tuple[int, int]:
+    """``(fused, all)``: how many of ``module``'s RepVGG blocks are fused, of how many
+    (what a tool reports, since a config's ``deploy`` flag need not match its weights)."""
+    blocks = [m for m in module.modules() if isinstance(m, RepVGGBlock)]
+    return sum(block.is_fused for block in blocks), len(blocks)
