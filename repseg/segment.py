@@ -15,7 +15,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -38,6 +38,9 @@ IMAGE_OUTPUTS = ('_mask.png', '_overlay.png', '_trainIds.png')
 VIDEO_OUTPUTS = ('_mask.avi', '_overlay.avi')
 #: Skipped files named in the summary line (each is also reported when it is skipped).
 SHOWN_SKIPPED = 5
+#: Why a file was skipped (tools/infer.py and tools/classify.py say it alike).
+UNREADABLE_IMAGE = 'not a readable image (corrupt, truncated or of an unknown type)'
+UNREADABLE_VIDEO = 'not a readable video (no frame could be decoded)'
 
 
 class InputError(InvalidArgumentError):
@@ -55,7 +58,7 @@ class Source:
 
 @dataclass
 class Summary:
-    """What :func:`segment_sources` did."""
+    """What :func:`segment_sources` (or :func:`repseg.classify`) did."""
 
     images: int = 0
     frames: int = 0
@@ -72,6 +75,12 @@ class Summary:
         if self.skipped:
             text += f' ({first_few((path for path, _ in self.skipped), SHOWN_SKIPPED)})'
         return text + f'; {per_image:.3f} s per image'
+
+    def skip(self, path, reason: str, write: Callable[[str], None] = print) -> None:
+        """Record ``path`` as skipped and say so at once, in one line (``write``: tqdm's
+        while a progress bar is shown)."""
+        self.skipped.append((path, reason))
+        write(f'skipped {path}: {reason}')
 
 
 def collect_sources(inputs: Sequence, out_dir) -> list[Source]:
@@ -228,9 +237,7 @@ def _batches(sources: Iterable[Source], batch_size: int, summary: Summary,
     for source in sources:
         image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
         if image is None:
-            reason = 'not a readable image (corrupt, truncated or of an unknown type)'
-            summary.skipped.append((source.path, reason))
-            bar.write(f'skipped {source.path}: {reason}')
+            summary.skip(source.path, UNREADABLE_IMAGE, bar.write)
             bar.update()
             continue
         if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
@@ -258,9 +265,7 @@ def _segment_video(segmenter: Segmenter, source: Source, batch_size: int, palett
     first_ok, frame = capture.read() if capture.isOpened() else (False, None)
     if not first_ok:
         capture.release()
-        reason = 'not a readable video (no frame could be decoded)'
-        summary.skipped.append((source.path, reason))
-        tqdm.write(f'skipped {source.path}: {reason}')
+        summary.skip(source.path, UNREADABLE_VIDEO, tqdm.write)
         return
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None

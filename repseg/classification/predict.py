@@ -32,7 +32,8 @@ from ..fileio import check_output_location, write_text_atomically
 from ..inference import check_device, half_precision_dtype, prepare_for_inference
 from ..models.arch import canonical_arch_name
 from ..models.repvgg import create_model
-from ..segment import InputError, Summary, collect_sources
+from ..segment import (UNREADABLE_IMAGE, UNREADABLE_VIDEO, InputError, Summary,
+                       collect_sources)
 from .model import checkpoint_arch, checkpoint_classes, is_fused_state, read_classifier_state
 
 #: ``(resize, crop)`` of the evaluation preprocessing per arch (REFERENCES section 7).
@@ -167,6 +168,10 @@ def _frames(path) -> Iterator[np.ndarray]:
         capture.release()
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # at once, between the predictions printed so far
+
+
 def _items(sources, summary: Summary) -> Iterator[tuple[str, np.ndarray]]:
     for source in sources:
         if source.is_video:
@@ -175,15 +180,11 @@ def _items(sources, summary: Summary) -> Iterator[tuple[str, np.ndarray]]:
                 summary.frames += 1
                 yield f'{source.path}#{count - 1}', frame
             if not count:
-                reason = 'not a readable video (no frame could be decoded)'
-                summary.skipped.append((source.path, reason))
-                print(f'skipped {source.path}: {reason}', flush=True)
+                summary.skip(source.path, UNREADABLE_VIDEO, _say)
             continue
         rgb = _read_rgb(source.path)
         if rgb is None:
-            reason = 'not a readable image (corrupt, truncated or of an unknown type)'
-            summary.skipped.append((source.path, reason))
-            print(f'skipped {source.path}: {reason}', flush=True)
+            summary.skip(source.path, UNREADABLE_IMAGE, _say)
             continue
         summary.images += 1
         yield str(source.path), rgb
